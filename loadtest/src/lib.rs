@@ -1,0 +1,8 @@
+//! mxgate's test peers and load harness: the sink MTA, an SMTP client, and the demo.
+//!
+//! The crate stands apart from mxgate itself (it runs the `mxgate` binary; it does not link it), so
+//! that what it measures is what operators run.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod sink;

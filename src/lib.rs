@@ -1,0 +1,20 @@
+//! mxgate: an inbound SMTP admission controller, a front proxy on port 25 before an unmodified MTA.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! server (listener) -> admission::decide -> session::driver (relay state machine) -> backend MTA
+//! ```
+//!
+//! - [`policy`] loads and validates the TOML policy (or the embedded default).
+//! - [`server`] accepts connections, asks [`admission`] for a decision, and runs one task per session.
+//! - [`session`] holds the pure SMTP codec and relay state machine, and the driver that runs them over
+//!   sockets, with STARTTLS terminated by rustls.
+//! - [`net`] connects the backend and announces the client (PROXY v1/v2, XCLIENT).
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod net;
+pub mod policy;
+pub mod server;
+pub mod session;

@@ -1,0 +1,233 @@
+//! The connection to the backend MTA: connect within a deadline, then tell it who the client is
+//! (PROXY v1/v2 header, or XCLIENT after its greeting).
+
+use crate::policy::{BackendPolicy, ClientAddressMode};
+use crate::session::codec::{reply_texts, scan_reply};
+use bytes::BytesMut;
+use ppp::v2;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to backend {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("backend {addr} did not accept the connection within {secs:.1}s")]
+    ConnectTimeout { addr: SocketAddr, secs: f64 },
+    #[error("backend {addr} I/O error while announcing the client: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("backend {addr} refused XCLIENT: {detail}; allow mxgate's address in smtpd_authorized_xclient_hosts")]
+    Xclient { addr: SocketAddr, detail: String },
+}
+
+/// A connected backend and the bytes it already sent that the relay must read (its greeting).
+pub struct Backend {
+    pub stream: TcpStream,
+    pub pending_input: BytesMut,
+}
+
+/// The client as the backend should see it. IPv4-mapped IPv6 addresses are written as IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// Source and destination in one address family, as PROXY headers require.
+fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let (client, local) = (canonical(client), canonical(local));
+    let to_v6 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    };
+    if client.is_ipv4() == local.is_ipv4() {
+        (client, local)
+    } else {
+        (to_v6(client), to_v6(local))
+    }
+}
+
+/// The PROXY header announcing `client`, which connected to mxgate's `local` address.
+pub fn proxy_header(mode: ClientAddressMode, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let addresses = same_family(client, local);
+    match mode {
+        ClientAddressMode::V1 => ppp::v1::Addresses::from(addresses).to_string().into_bytes(),
+        ClientAddressMode::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            addresses,
+        )
+        .build()
+        // Building into a Vec cannot fail for a fixed-size address block.
+        .unwrap_or_default(),
+        ClientAddressMode::None | ClientAddressMode::Xclient => Vec::new(),
+    }
+}
+
+/// Connects to the backend and announces the client.
+pub async fn connect(
+    policy: &BackendPolicy,
+    client: SocketAddr,
+    local: SocketAddr,
+    helo_name: &str,
+) -> Result<Backend, BackendError> {
+    let addr = policy.address;
+    let mut stream = match timeout(policy.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(BackendError::Connect { addr, source }),
+        Err(_) => {
+            return Err(BackendError::ConnectTimeout {
+                addr,
+                secs: policy.connect_timeout.as_secs_f64(),
+            })
+        }
+    };
+    // Replies and commands are small: without this, each waits for the peer's delayed ACK.
+    let _ = stream.set_nodelay(true);
+    let io_err = |source| BackendError::Io { addr, source };
+    let mut pending_input = BytesMut::with_capacity(4096);
+    match policy.client_address {
+        ClientAddressMode::None => {}
+        ClientAddressMode::V1 | ClientAddressMode::V2 => {
+            let header = proxy_header(policy.client_address, client, local);
+            stream.write_all(&header).await.map_err(io_err)?;
+        }
+        ClientAddressMode::Xclient => {
+            let exchange = xclient(&mut stream, &mut pending_input, client, helo_name);
+            match timeout(policy.reply_timeout, exchange).await {
+                Ok(result) => result.map_err(|e| match e {
+                    XclientError::Io(source) => BackendError::Io { addr, source },
+                    XclientError::Refused(detail) => BackendError::Xclient { addr, detail },
+                })?,
+                Err(_) => {
+                    return Err(BackendError::Xclient {
+                        addr,
+                        detail: "no reply in time".into(),
+                    })
+                }
+            }
+        }
+    }
+    Ok(Backend {
+        stream,
+        pending_input,
+    })
+}
+
+enum XclientError {
+    Io(io::Error),
+    Refused(String),
+}
+
+/// Reads one reply, returning its code and raw bytes, consumed from `buf`.
+async fn read_reply(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<(u16, BytesMut), XclientError> {
+    loop {
+        match scan_reply(buf) {
+            Ok(Some(reply)) => return Ok((reply.code, buf.split_to(reply.len))),
+            Ok(None) => {}
+            Err(e) => return Err(XclientError::Refused(e.to_string())),
+        }
+        if stream.read_buf(buf).await.map_err(XclientError::Io)? == 0 {
+            return Err(XclientError::Refused("connection closed".into()));
+        }
+    }
+}
+
+/// Postfix XCLIENT (http://www.postfix.org/XCLIENT_README.html): greeting, EHLO, XCLIENT. The
+/// backend answers XCLIENT with a fresh greeting, which is left in `buf` for the client.
+async fn xclient(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    client: SocketAddr,
+    helo_name: &str,
+) -> Result<(), XclientError> {
+    let refused = |what: &str, raw: &[u8]| {
+        XclientError::Refused(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(raw).trim_end()
+        ))
+    };
+    let (code, raw) = read_reply(stream, buf).await?;
+    if code != 220 {
+        return Err(refused("greeting", &raw));
+    }
+    stream
+        .write_all(format!("EHLO {helo_name}\r\n").as_bytes())
+        .await
+        .map_err(XclientError::Io)?;
+    let (code, raw) = read_reply(stream, buf).await?;
+    let offers_xclient =
+        reply_texts(&raw).any(|t| t.len() >= 7 && t[..7].eq_ignore_ascii_case(b"XCLIENT"));
+    if code != 250 || !offers_xclient {
+        return Err(refused("EHLO reply has no XCLIENT", &raw));
+    }
+    let client = canonical(client);
+    let addr = match client.ip() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPV6:{v6}"),
+    };
+    let command = format!(
+        "XCLIENT ADDR={addr} PORT={} NAME=[UNAVAILABLE]\r\n",
+        client.port()
+    );
+    stream
+        .write_all(command.as_bytes())
+        .await
+        .map_err(XclientError::Io)?;
+    // Leave the new greeting unread: it is the first thing the relay passes to the client.
+    loop {
+        match scan_reply(buf) {
+            Ok(Some(reply)) if reply.code == 220 => return Ok(()),
+            Ok(Some(reply)) => return Err(refused("XCLIENT", &buf[..reply.len])),
+            Ok(None) => {}
+            Err(e) => return Err(XclientError::Refused(e.to_string())),
+        }
+        if stream.read_buf(buf).await.map_err(XclientError::Io)? == 0 {
+            return Err(XclientError::Refused(
+                "connection closed after XCLIENT".into(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_v2_headers() {
+        let client: SocketAddr = "127.0.0.9:40000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        assert_eq!(
+            proxy_header(ClientAddressMode::V1, client, local),
+            b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 25\r\n"
+        );
+        let v2 = proxy_header(ClientAddressMode::V2, client, local);
+        let parsed = v2::Header::try_from(&v2[..]).unwrap();
+        assert_eq!(parsed.addresses, v2::Addresses::from((client, local)));
+        assert!(proxy_header(ClientAddressMode::None, client, local).is_empty());
+    }
+
+    #[test]
+    fn mixed_families_are_reconciled() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.9]:1".parse().unwrap();
+        let local_v4: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        assert_eq!(
+            proxy_header(ClientAddressMode::V1, mapped, local_v4),
+            b"PROXY TCP4 127.0.0.9 127.0.0.1 1 25\r\n"
+        );
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let header = String::from_utf8(proxy_header(ClientAddressMode::V1, v6, local_v4)).unwrap();
+        assert_eq!(header, "PROXY TCP6 2001:db8::1 ::ffff:127.0.0.1 1 25\r\n");
+    }
+}

@@ -1,0 +1,53 @@
+//! The policy: loading a TOML file (or the embedded default), validating it, and the checked result.
+//!
+//! `schema` mirrors the file, `validate` turns it into a [`Policy`] with every reference resolved and
+//! every file (TLS certificate and key) loaded, so that a running server never meets a bad value.
+
+mod error;
+mod schema;
+mod validate;
+
+pub use error::{line_col, PolicyError, PolicyIssue};
+pub use schema::{Action, ClientAddressMode};
+pub use validate::{BackendPolicy, ClassPolicy, Policy, ServerPolicy, SessionPolicy};
+
+use std::path::Path;
+
+/// The policy compiled into the binary: `policies/default.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../policies/default.toml");
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            issues: vec![PolicyIssue::at(
+                &origin,
+                "",
+                None,
+                format!("cannot read policy file: {e}"),
+            )],
+        })?;
+        Policy::parse(&origin, &text, path.parent())
+    }
+
+    /// The embedded default policy.
+    pub fn embedded_default() -> Policy {
+        // The embedded default is checked by a unit test, so this cannot fail in a released binary.
+        Policy::parse("<embedded default>", EMBEDDED_DEFAULT, None)
+            .unwrap_or_else(|e| panic!("embedded default policy is invalid: {e}"))
+    }
+
+    /// Validates policy text; `base_dir` resolves relative paths (certificate files).
+    pub fn parse(origin: &str, text: &str, base_dir: Option<&Path>) -> Result<Policy, PolicyError> {
+        let file: schema::PolicyFile = toml::from_str(text).map_err(|e| PolicyError {
+            issues: vec![PolicyIssue::at(
+                origin,
+                text,
+                e.span(),
+                e.message().trim_end().to_owned(),
+            )],
+        })?;
+        validate::validate(file, origin, text, base_dir)
+    }
+}

@@ -1,0 +1,195 @@
+//! The policy file as written: serde structures that mirror the TOML, defaults included.
+//!
+//! Nothing here is trusted yet; `validate` turns a `PolicyFile` into the `Policy` the server runs.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    pub backend: BackendSection,
+    pub tls: Option<TlsSection>,
+    #[serde(default)]
+    pub session: SessionSection,
+    pub admission: AdmissionSection,
+    #[serde(rename = "class")]
+    pub classes: Vec<ClassSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// The name mxgate gives in its own replies (`421 4.7.0 <hostname> ...`).
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            hostname: default_hostname(),
+            listen: default_listen(),
+            admin: None,
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    "localhost".to_owned()
+}
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+}
+
+/// How the backend learns the real client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAddressMode {
+    /// Nothing: the backend sees mxgate's address.
+    None,
+    /// PROXY protocol version 1 (text).
+    V1,
+    /// PROXY protocol version 2 (binary).
+    V2,
+    /// Postfix's XCLIENT command, after the backend's greeting.
+    Xclient,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub address: SocketAddr,
+    #[serde(default = "default_client_address")]
+    pub client_address: ClientAddressMode,
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long mxgate waits for the backend's reply to a command (RFC 5321 4.5.3.2: 5 minutes).
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
+    pub reply_timeout: Duration,
+    /// How long mxgate waits for the backend's reply to the end of DATA (RFC 5321 4.5.3.2.6: 10 minutes).
+    #[serde(default = "secs::<600>", with = "humantime_serde")]
+    pub data_reply_timeout: Duration,
+}
+
+fn default_client_address() -> ClientAddressMode {
+    ClientAddressMode::V2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub certificate: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    /// Longest wait for the client's next command or the next piece of a DATA body.
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest a session may last, whatever it does.
+    #[serde(default = "secs::<1800>", with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// Longest command line, CRLF included.
+    #[serde(default = "default_max_command_line")]
+    pub max_command_line: usize,
+    /// Junk lines (unknown, binary, overlong) after which the session is closed with 421.
+    #[serde(default = "default_max_junk")]
+    pub max_junk_commands: u32,
+    /// How long sessions may take to finish their transaction after SIGTERM.
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(default = "secs::<10>", with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self {
+            idle_timeout: secs::<300>(),
+            max_duration: secs::<1800>(),
+            max_command_line: default_max_command_line(),
+            max_junk_commands: default_max_junk(),
+            shutdown_grace: secs::<30>(),
+            tls_handshake_timeout: secs::<10>(),
+        }
+    }
+}
+
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+fn default_max_command_line() -> usize {
+    2048
+}
+fn default_max_junk() -> u32 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// The class every connection is put in until reputation scoring chooses one.
+    pub default_class: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Admit,
+    Defer,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSection {
+    pub name: Spanned<String>,
+    #[serde(default = "default_action")]
+    pub action: Action,
+    /// Deliveries after which the next MAIL gets 421 (advertised as LIMITS MAILMAX, RFC 9422).
+    #[serde(default = "default_messages_per_session")]
+    pub messages_per_session: Spanned<u32>,
+    /// Recipients per transaction; more get 452 4.5.3 (advertised as LIMITS RCPTMAX).
+    #[serde(default = "default_recipients_per_message")]
+    pub recipients_per_message: Spanned<u32>,
+    /// Text of the 421 sent to a deferred client (after `421 4.7.0 <hostname> `).
+    pub defer_text: Option<String>,
+    /// Text of the 554 sent to a rejected client (after `554 5.7.1 <hostname> `).
+    pub reject_text: Option<String>,
+}
+
+fn default_action() -> Action {
+    Action::Admit
+}
+fn default_messages_per_session() -> Spanned<u32> {
+    Spanned::new(0..0, 10)
+}
+fn default_recipients_per_message() -> Spanned<u32> {
+    Spanned::new(0..0, 100)
+}
+
+/// Durations written the way people say them: "300s", "5m", "1h 30m", "500ms".
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write it like \"300s\", \"5m\" or \"500ms\""
+            ))
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! The server: listeners, the admission decision for each connection, session tasks, and a graceful
+//! shutdown that lets transactions in progress finish.
+
+use crate::admission::{decide, Decision};
+use crate::policy::Policy;
+use crate::session::driver::{self, SessionSetup};
+use crate::session::refuse::{self, RejectLimits};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source} (is another MTA on that port, or is the capability to bind it missing?)")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    policy: Arc<Policy>,
+}
+
+/// Beyond the grace period, how long to wait for sessions to write their 421 and close.
+const CLOSE_MARGIN: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Binds every listen address of the policy.
+    pub async fn bind(policy: Policy) -> Result<Server, ServerError> {
+        let mut listeners = Vec::with_capacity(policy.server.listen.len());
+        for &addr in &policy.server.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            listeners,
+            policy: Arc::new(policy),
+        })
+    }
+
+    /// The addresses actually bound (port 0 in the policy becomes a real port).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then waits for sessions to end (at most the grace period
+    /// and a few seconds for their 421).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        for listener in self.listeners {
+            let local = listener.local_addr().ok();
+            tracing::info!(listen = ?local, backend = %self.policy.backend.address, "listening");
+            tracker.spawn(accept_loop(
+                listener,
+                self.policy.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+        }
+        shutdown.cancelled().await;
+        tracing::info!(
+            sessions = tracker.len(),
+            "shutting down: no new connections; sessions finish their transaction"
+        );
+        tracker.close();
+        let limit = self.policy.session.shutdown_grace + CLOSE_MARGIN;
+        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                sessions = tracker.len(),
+                "sessions still open after the grace period; exiting"
+            );
+        } else {
+            tracing::info!("all sessions closed");
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    policy: Arc<Policy>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client_addr)) => {
+                let local_addr = stream.local_addr().unwrap_or(client_addr);
+                tracker.spawn(handle(
+                    stream,
+                    client_addr,
+                    local_addr,
+                    policy.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: back off instead of spinning on the error.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    client_addr: SocketAddr,
+    local_addr: SocketAddr,
+    policy: Arc<Policy>,
+    shutdown: CancellationToken,
+) {
+    let client_addr = crate::net::backend::canonical(client_addr);
+    let decision = decide(&policy, client_addr.ip());
+    let class = &policy.class(decision.class()).name;
+    tracing::info!(client = %client_addr.ip(), class = %class, action = decision.outcome(), "decision");
+    match decision {
+        Decision::Admit { class: class_index } => {
+            let setup = SessionSetup {
+                policy: policy.clone(),
+                class: class_index,
+                client_addr,
+                local_addr,
+                shutdown,
+            };
+            let report = driver::run(stream, setup).await;
+            tracing::info!(
+                client = %client_addr.ip(),
+                class = %class,
+                end = report.end.as_str(),
+                deliveries = report.deliveries,
+                recipients = report.recipients,
+                tls = report.tls,
+                duration_ms = report.duration.as_millis() as u64,
+                "session end"
+            );
+        }
+        Decision::Defer { reply, .. } => {
+            refuse::defer(stream, &reply, policy.session.idle_timeout).await
+        }
+        Decision::Reject { reply, .. } => {
+            let limits = RejectLimits {
+                idle_timeout: policy.session.idle_timeout,
+                max_command_line: policy.session.max_command_line,
+                max_commands: policy.session.max_junk_commands,
+            };
+            refuse::reject(stream, &reply, limits).await
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Runs one admitted session over sockets: connects the backend, feeds the relay state machine, writes
+//! what it asks for, enforces the timeouts and upgrades the client to TLS on STARTTLS.
+
+use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
+use crate::net::backend;
+use crate::policy::{ClassPolicy, Policy};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read at a time; a DATA body is relayed in pieces of up to this size.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Everything a session needs besides its sockets.
+pub struct SessionSetup {
+    pub policy: Arc<Policy>,
+    pub class: usize,
+    pub client_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub shutdown: CancellationToken,
+}
+
+/// How the session went, for the log line and the metrics.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    pub end: EndReason,
+    pub deliveries: u32,
+    pub recipients: u32,
+    pub tls: bool,
+    pub duration: Duration,
+}
+
+struct Timeouts {
+    idle: Duration,
+    reply: Duration,
+    data_reply: Duration,
+    grace: Duration,
+    session_deadline: Instant,
+}
+
+/// The backend side of a session and both input buffers.
+struct Link {
+    backend: TcpStream,
+    backend_in: BytesMut,
+    client_in: BytesMut,
+}
+
+enum Next {
+    StartTls,
+    Done,
+}
+
+/// Relays one admitted client to the backend until the session ends.
+pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
+    let started = Instant::now();
+    let policy = &setup.policy;
+    let class: &ClassPolicy = policy.class(setup.class);
+    let _ = client.set_nodelay(true);
+    let connected = backend::connect(
+        &policy.backend,
+        setup.client_addr,
+        setup.local_addr,
+        &policy.server.hostname,
+    )
+    .await;
+    let backend = match connected {
+        Ok(backend) => backend,
+        Err(e) => {
+            tracing::warn!(client = %setup.client_addr, error = %e, "backend unavailable");
+            let reply = format!(
+                "421 4.3.2 {} Service temporarily unavailable\r\n",
+                policy.server.hostname
+            );
+            let _ = timeout(
+                policy.session.idle_timeout,
+                client.write_all(reply.as_bytes()),
+            )
+            .await;
+            return SessionReport {
+                end: EndReason::BackendClosed,
+                deliveries: 0,
+                recipients: 0,
+                tls: false,
+                duration: started.elapsed(),
+            };
+        }
+    };
+    let mut relay = Relay::new(RelayConfig {
+        hostname: policy.server.hostname.clone(),
+        messages_per_session: class.messages_per_session,
+        recipients_per_message: class.recipients_per_message,
+        max_command_line: policy.session.max_command_line,
+        max_junk_commands: policy.session.max_junk_commands,
+        tls_available: policy.tls.is_some(),
+    });
+    let timeouts = Timeouts {
+        idle: policy.session.idle_timeout,
+        reply: policy.backend.reply_timeout,
+        data_reply: policy.backend.data_reply_timeout,
+        grace: policy.session.shutdown_grace,
+        session_deadline: started + policy.session.max_duration,
+    };
+    let mut link = Link {
+        backend: backend.stream,
+        backend_in: backend.pending_input,
+        client_in: BytesMut::with_capacity(READ_CHUNK),
+    };
+    let mut grace_deadline = None;
+
+    let next = drive(
+        &mut relay,
+        &mut client,
+        &mut link,
+        &timeouts,
+        &setup.shutdown,
+        &mut grace_deadline,
+    )
+    .await;
+    if let (Next::StartTls, Some(tls)) = (next, policy.tls.clone()) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        match timeout(
+            policy.session.tls_handshake_timeout,
+            acceptor.accept(client),
+        )
+        .await
+        {
+            Ok(Ok(mut tls_client)) => {
+                relay.on_tls_established();
+                drive(
+                    &mut relay,
+                    &mut tls_client,
+                    &mut link,
+                    &timeouts,
+                    &setup.shutdown,
+                    &mut grace_deadline,
+                )
+                .await;
+                let _ = timeout(Duration::from_secs(1), tls_client.shutdown()).await;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(client = %setup.client_addr, error = %e, "TLS handshake failed");
+                tls_failed(&mut relay, &mut link, &timeouts).await;
+            }
+            Err(_) => {
+                tracing::info!(client = %setup.client_addr, "TLS handshake timed out");
+                tls_failed(&mut relay, &mut link, &timeouts).await;
+            }
+        }
+    }
+    let stats = relay.stats();
+    SessionReport {
+        end: relay.end_reason().unwrap_or(EndReason::ClientClosed),
+        deliveries: stats.deliveries,
+        recipients: stats.recipients,
+        tls: relay.tls_active(),
+        duration: started.elapsed(),
+    }
+}
+
+async fn tls_failed(relay: &mut Relay, link: &mut Link, timeouts: &Timeouts) {
+    let mut out = Output::default();
+    relay.on_tls_failed(&mut out);
+    let _ = timeout(timeouts.reply, link.backend.write_all(&out.to_backend)).await;
+}
+
+/// Runs the relay over one client stream (plain, then TLS after STARTTLS) until it ends or upgrades.
+async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
+    relay: &mut Relay,
+    client: &mut C,
+    link: &mut Link,
+    t: &Timeouts,
+    shutdown: &CancellationToken,
+    grace_deadline: &mut Option<Instant>,
+) -> Next {
+    let mut out = Output::default();
+    loop {
+        relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
+        if let Some(next) = flush(relay, client, &mut link.backend, &mut out, t).await {
+            return next;
+        }
+        let wait = match relay.awaiting_backend() {
+            Some(true) => t.data_reply,
+            Some(false) => t.reply,
+            None => t.idle,
+        };
+        let deadline = Instant::now() + wait;
+        let wants_client = relay.wants_client_input(link.client_in.len());
+        if wants_client {
+            link.client_in.reserve(READ_CHUNK);
+        }
+        link.backend_in.reserve(4096);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if grace_deadline.is_none() => {
+                *grace_deadline = Some(Instant::now() + t.grace);
+                relay.on_shutdown(&mut out);
+            }
+            _ = sleep_until(grace_deadline.unwrap_or(deadline)), if grace_deadline.is_some() => {
+                relay.on_shutdown_deadline(&mut out);
+            }
+            _ = sleep_until(t.session_deadline) => relay.on_session_expired(&mut out),
+            read = link.backend.read_buf(&mut link.backend_in) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    relay.on_backend_eof(&mut out);
+                }
+            }
+            read = client.read_buf(&mut link.client_in), if wants_client => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    relay.on_client_eof(&mut out);
+                }
+            }
+            _ = sleep_until(deadline) => relay.on_timeout(&mut out),
+        }
+    }
+}
+
+/// Writes what the relay produced. Returns how the session goes on if it stops here.
+async fn flush<C: AsyncWrite + Unpin>(
+    relay: &mut Relay,
+    client: &mut C,
+    backend: &mut TcpStream,
+    out: &mut Output,
+    t: &Timeouts,
+) -> Option<Next> {
+    let mut client_gone = false;
+    if !out.to_client.is_empty() {
+        let written = timeout(t.idle, async {
+            client.write_all(&out.to_client).await?;
+            client.flush().await
+        })
+        .await;
+        out.to_client.clear();
+        if !matches!(written, Ok(Ok(()))) {
+            // A client that does not read its replies is gone; the backend is told QUIT if it can be.
+            client_gone = true;
+            relay.on_client_eof(out);
+            out.to_client.clear();
+        }
+    }
+    if !out.to_backend.is_empty() {
+        let written = timeout(t.reply, backend.write_all(&out.to_backend)).await;
+        out.to_backend.clear();
+        if !matches!(written, Ok(Ok(()))) && !client_gone && out.action.is_none() {
+            relay.on_backend_eof(out);
+            let _ = timeout(t.idle, client.write_all(&out.to_client)).await;
+            return Some(Next::Done);
+        }
+    }
+    match out.action.take() {
+        Some(Action::Close) => Some(Next::Done),
+        Some(Action::StartTls) => Some(Next::StartTls),
+        None if client_gone => Some(Next::Done),
+        None => None,
+    }
+}

@@ -1,0 +1,130 @@
+//! Shared fixtures for the integration tests: a sink MTA, mxgate in-process, test certificates.
+#![allow(dead_code)]
+
+use mxgate::policy::Policy;
+use mxgate::server::Server;
+use mxgate_loadtest::client::SmtpClient;
+use mxgate_loadtest::sink::{Sink, SinkConfig};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for waits on the peers; a test that hits it has failed.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A policy for tests: mxgate on an ephemeral loopback port in front of `backend`.
+/// `extra` is appended to the [session] table; `class` replaces the class body.
+pub fn policy_text(
+    backend: SocketAddr,
+    mode: &str,
+    session_extra: &str,
+    class_extra: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.test"
+listen = ["127.0.0.1:0"]
+
+[backend]
+address = "{backend}"
+client_address = "{mode}"
+connect_timeout = "2s"
+
+[session]
+shutdown_grace = "10s"
+{session_extra}
+
+[admission]
+default_class = "neutral"
+
+[[class]]
+name = "neutral"
+{class_extra}
+"#
+    )
+}
+
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn start(policy: Policy) -> Gate {
+        let server = Server::bind(policy).await.expect("bind mxgate");
+        let addr = server.local_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let done = tokio::spawn(server.run(shutdown.clone()));
+        Gate {
+            addr,
+            shutdown,
+            done,
+        }
+    }
+
+    /// A client connected from `source`, greeting read and checked.
+    pub async fn client_from(&self, source: &str) -> SmtpClient<TcpStream> {
+        let source: IpAddr = source.parse().unwrap();
+        let mut client = SmtpClient::connect(self.addr, Some(source))
+            .await
+            .expect("connect to mxgate");
+        let greeting = client.read_reply().await.expect("greeting");
+        assert_eq!(greeting.code, 220, "greeting: {greeting}");
+        client
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.done)
+            .await
+            .expect("mxgate stops")
+            .unwrap();
+    }
+}
+
+/// A sink and mxgate in front of it, with the client address passed as `mode`.
+pub async fn gate_and_sink(mode: &str, session_extra: &str, class_extra: &str) -> (Gate, Sink) {
+    let mut config = SinkConfig::loopback();
+    config.expect_proxy = matches!(mode, "v1" | "v2");
+    config.xclient = mode == "xclient";
+    let sink = Sink::start(config).await.expect("start sink");
+    let text = policy_text(sink.addr(), mode, session_extra, class_extra);
+    let policy = Policy::parse("test-policy", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    (Gate::start(policy).await, sink)
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// A self-signed certificate for `name`, written as PEM files into `dir`; returns (cert, key) paths
+/// and a client configuration that trusts it.
+pub fn test_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Arc<rustls::ClientConfig>,
+) {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (cert_path, key_path, Arc::new(config))
+}

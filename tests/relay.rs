@@ -1,0 +1,182 @@
+//! The relay over loopback: mxgate between a real client and the sink MTA, bytes compared by hash.
+
+mod common;
+
+use common::{gate_and_sink, sha256, WAIT};
+use mxgate_loadtest::client::dot_stuff;
+
+/// A body with dot-stuffed lines, a lone dot that is not the end, and CRLF.CRLF-like text.
+const TRICKY: &[u8] =
+    b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r.\r\nend . \r\n.\r\nx\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arrive_byte_identical() {
+    let (gate, sink) = gate_and_sink("v2", "", "").await;
+    let mut ten_mib = Vec::with_capacity(10 * 1024 * 1024 + 64);
+    let mut i = 0u64;
+    while ten_mib.len() < 10 * 1024 * 1024 {
+        // Lines of varying length, some starting with a dot.
+        let line = format!(
+            "{}{}\r\n",
+            if i.is_multiple_of(7) { "." } else { "" },
+            "x".repeat((i % 990) as usize)
+        );
+        ten_mib.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    let bodies: Vec<&[u8]> = vec![b"Subject: plain\r\n\r\nhello\r\n", TRICKY, &ten_mib];
+
+    let mut client = gate.client_from("127.0.0.2").await;
+    assert!(client
+        .command("EHLO client.test")
+        .await
+        .unwrap()
+        .is_positive());
+    for body in &bodies {
+        let reply = client
+            .send_message("a@client.test", &["r@sink.test"], body)
+            .await
+            .unwrap();
+        assert_eq!(reply.code, 250, "{reply}");
+    }
+    assert_eq!(client.command("QUIT").await.unwrap().code, 221);
+
+    let messages = sink.messages();
+    assert_eq!(messages.len(), bodies.len());
+    for (message, body) in messages.iter().zip(&bodies) {
+        assert_eq!(message.size, body.len());
+        assert_eq!(
+            message.sha256,
+            sha256(body),
+            "body of {} bytes changed in transit",
+            body.len()
+        );
+    }
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_data_split_across_writes() {
+    let (gate, sink) = gate_and_sink("v2", "", "").await;
+    let body = b"Subject: split\r\n\r\nline\r\n";
+    let wire = dot_stuff(body);
+    // Every cut of the terminator: "\r" | "\n.\r\n", "\r\n" | ".\r\n", "\r\n." | "\r\n", ...
+    for cut in 1..5 {
+        let mut client = gate.client_from("127.0.0.3").await;
+        client.command("EHLO client.test").await.unwrap();
+        client
+            .write_raw(b"MAIL FROM:<a@b>\r\nRCPT TO:<r@s>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            assert!(client.read_reply().await.unwrap().code < 400);
+        }
+        let split = wire.len() - 5 + cut;
+        client.write_raw(&wire[..split]).await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_raw(&wire[split..]).await.unwrap();
+        assert_eq!(client.read_reply().await.unwrap().code, 250, "cut {cut}");
+        client.command("QUIT").await.unwrap();
+    }
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 4);
+    assert!(messages.iter().all(|m| m.sha256 == sha256(body)));
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_group_gets_replies_in_order() {
+    let (gate, sink) = gate_and_sink("v2", "", "recipients_per_message = 2").await;
+    let mut client = gate.client_from("127.0.0.4").await;
+    let ehlo = client.command("EHLO client.test").await.unwrap();
+    assert!(ehlo.text.contains("PIPELINING"), "{ehlo}");
+    client
+        .write_raw(
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<1@s>\r\nRCPT TO:<2@s>\r\nRCPT TO:<3@s>\r\nDATA\r\n",
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let reply = client.read_reply().await.unwrap();
+        got.push((reply.code, reply.text.contains("4.5.3")));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (250, false),
+            (250, false),
+            (250, false),
+            (452, true),
+            (354, false)
+        ]
+    );
+    client.write_raw(&dot_stuff(b"x\r\n")).await.unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 250);
+    assert_eq!(sink.messages()[0].rcpts.len(), 2);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_limit_cuts_off_and_is_advertised() {
+    let (gate, sink) = gate_and_sink("v2", "", "messages_per_session = 3").await;
+    let mut client = gate.client_from("127.0.0.5").await;
+    let ehlo = client.command("EHLO client.test").await.unwrap();
+    assert!(ehlo.text.contains("LIMITS MAILMAX=3"), "{ehlo}");
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .send_message("a@b", &["r@s"], b"m\r\n")
+                .await
+                .unwrap()
+                .code,
+            250
+        );
+    }
+    let cut = client.command("MAIL FROM:<a@b>").await.unwrap();
+    assert_eq!(cut.code, 421, "{cut}");
+    assert!(
+        cut.text
+            .contains("4.7.0 mx.test Message limit for this session reached, reconnect"),
+        "{cut}"
+    );
+    assert!(client.closed_by_server().await);
+    assert!(
+        sink.wait_until(WAIT, |_, sessions| sessions.iter().all(|s| s.ended))
+            .await
+    );
+    let sessions = sink.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].messages, 3);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_refusals_are_relayed_and_not_counted() {
+    let mut config = mxgate_loadtest::sink::SinkConfig::loopback();
+    config.expect_proxy = true;
+    config.reject_rcpt_prefix = Some("nobody".into());
+    let sink = mxgate_loadtest::sink::Sink::start(config).await.unwrap();
+    let text = common::policy_text(sink.addr(), "v2", "", "messages_per_session = 1");
+    let gate = common::Gate::start(mxgate::policy::Policy::parse("t", &text, None).unwrap()).await;
+    let mut client = gate.client_from("127.0.0.6").await;
+    client.command("EHLO client.test").await.unwrap();
+    // Refused recipient and then DATA without recipients: the backend's own replies, byte for byte.
+    let reply = client
+        .send_message("a@b", &["nobody@s"], b"m\r\n")
+        .await
+        .unwrap();
+    assert_eq!(reply.text, "554 5.5.1 Error: no valid recipients\r\n");
+    client.command("RSET").await.unwrap();
+    assert_eq!(
+        client
+            .send_message("a@b", &["r@s"], b"m\r\n")
+            .await
+            .unwrap()
+            .code,
+        250
+    );
+    assert_eq!(client.command("MAIL FROM:<a@b>").await.unwrap().code, 421);
+    assert_eq!(sink.messages().len(), 1);
+    gate.stop().await;
+}

@@ -112,13 +112,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         }
     }
 
-    /// Whether the server closed the connection (after its last reply), within the reply timeout.
+    /// Whether the server closes the connection within the reply timeout. Whatever it still sends
+    /// (a TLS alert, say) is read and dropped, up to 64 KiB.
     pub async fn closed_by_server(&mut self) -> bool {
-        let mut probe = [0u8; 256];
-        matches!(
-            tokio::time::timeout(self.reply_timeout, self.stream.read(&mut probe)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        let mut probe = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + self.reply_timeout;
+        for _ in 0..16 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut probe)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Writes raw bytes as they are.

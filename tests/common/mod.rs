@@ -34,7 +34,6 @@ client_address = "{mode}"
 connect_timeout = "2s"
 
 [session]
-shutdown_grace = "10s"
 {session_extra}
 
 [admission]

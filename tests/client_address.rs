@@ -1,0 +1,75 @@
+//! The backend learns the real client: PROXY v2, PROXY v1 and XCLIENT, checked at the sink.
+
+mod common;
+
+use common::{gate_and_sink, WAIT};
+
+async fn announced_client(mode: &str, source: &str) -> (String, &'static str) {
+    let (gate, sink) = gate_and_sink(mode, "", "").await;
+    let mut client = gate.client_from(source).await;
+    let ehlo = client.command("EHLO client.test").await.unwrap();
+    // The backend's XCLIENT must never be offered to clients.
+    assert!(!ehlo.text.contains("XCLIENT"), "{ehlo}");
+    assert_eq!(
+        client
+            .send_message("a@b", &["r@s"], b"m\r\n")
+            .await
+            .unwrap()
+            .code,
+        250
+    );
+    client.command("QUIT").await.unwrap();
+    assert!(sink.wait_until(WAIT, |m, _| m.len() == 1).await);
+    let message = &sink.messages()[0];
+    let session = &sink.sessions()[0];
+    gate.stop().await;
+    assert_eq!(message.client, session.client);
+    (session.client.to_string(), session.announced_by)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_v2_carries_the_client_address() {
+    assert_eq!(
+        announced_client("v2", "127.0.0.9").await,
+        ("127.0.0.9".into(), "proxy-v2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_v1_carries_the_client_address() {
+    assert_eq!(
+        announced_client("v1", "127.0.0.10").await,
+        ("127.0.0.10".into(), "proxy-v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xclient_carries_the_client_address() {
+    assert_eq!(
+        announced_client("xclient", "127.0.0.11").await,
+        ("127.0.0.11".into(), "xclient")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_shows_mxgate_as_the_client() {
+    assert_eq!(
+        announced_client("none", "127.0.0.12").await,
+        ("127.0.0.1".into(), "none")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_xclient_is_refused() {
+    let (gate, sink) = gate_and_sink("xclient", "", "").await;
+    let mut client = gate.client_from("127.0.0.13").await;
+    client.command("EHLO client.test").await.unwrap();
+    let reply = client.command("XCLIENT ADDR=192.0.2.1").await.unwrap();
+    assert_eq!(reply.code, 502, "{reply}");
+    client
+        .send_message("a@b", &["r@s"], b"m\r\n")
+        .await
+        .unwrap();
+    assert_eq!(sink.messages()[0].client.to_string(), "127.0.0.13");
+    gate.stop().await;
+}

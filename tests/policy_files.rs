@@ -1,0 +1,112 @@
+//! Policy files: the shipped ones load, broken ones are refused with file:line:col, and `mxgate check`
+//! says the same on the command line.
+
+mod common;
+
+use mxgate::policy::Policy;
+use std::process::Command;
+
+#[test]
+fn shipped_policies_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 1);
+    let embedded = Policy::embedded_default();
+    assert_eq!(
+        embedded.class(embedded.default_class).messages_per_session,
+        10
+    );
+}
+
+#[test]
+fn broken_policies_point_at_the_mistake() {
+    let valid = common::policy_text("127.0.0.1:25".parse().unwrap(), "v2", "", "");
+    let table: &[(&str, &str, &str)] = &[
+        (
+            "client_address = \"v2\"",
+            "client_address = \"v3\"",
+            "test:8:18: unknown variant `v3`",
+        ),
+        (
+            "connect_timeout = \"2s\"",
+            "connect_timeout = \"2 parsecs\"",
+            "test:9:19: invalid duration \"2 parsecs\"",
+        ),
+        (
+            "default_class = \"neutral\"",
+            "default_class = \"nobody\"",
+            "test:15:17: admission.default_class \"nobody\" is not a defined class",
+        ),
+        (
+            "hostname = \"mx.test\"",
+            "hostname = \"mx.test\"\nlisten_on = 1",
+            "test:4:1: unknown field `listen_on`",
+        ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\nmessages_per_session = 0",
+            "test:19:24: messages_per_session must be at least 1",
+        ),
+    ];
+    for (from, to, expected) in table {
+        assert!(valid.contains(from), "fixture lacks {from}");
+        let text = valid.replace(from, to);
+        let err = Policy::parse("test", &text, None)
+            .expect_err(to)
+            .to_string();
+        assert!(
+            err.starts_with(expected),
+            "for {to:?}\n  got: {err}\n want: {expected}"
+        );
+    }
+}
+
+#[test]
+fn missing_tls_files_are_reported() {
+    let mut text = common::policy_text("127.0.0.1:25".parse().unwrap(), "v2", "", "");
+    text.push_str(
+        "\n[tls]\ncertificate = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    );
+    let err = Policy::parse("test", &text, None).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read TLS certificate /nonexistent/cert.pem"),
+        "{err}"
+    );
+    assert!(err.starts_with("test:22:15:"), "{err}");
+}
+
+#[test]
+fn check_command_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_mxgate");
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.toml");
+    let ok = Command::new(bin).args(["check", default]).output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[backend]\naddress = \"not an address\"\n").unwrap();
+    let out = Command::new(bin)
+        .args(["check", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:2:11: invalid socket address",
+            broken.display()
+        )),
+        "{stderr}"
+    );
+}

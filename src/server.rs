@@ -67,10 +67,7 @@ impl Server {
             ));
         }
         shutdown.cancelled().await;
-        tracing::info!(
-            sessions = tracker.len(),
-            "shutting down: no new connections; sessions finish their transaction"
-        );
+        tracing::info!("shutting down: no new connections; sessions finish their transaction");
         tracker.close();
         let limit = self.policy.session.shutdown_grace + CLOSE_MARGIN;
         if tokio::time::timeout(limit, tracker.wait()).await.is_err() {

@@ -153,10 +153,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         }
         group.push_str("DATA\r\n");
         self.write_raw(group.as_bytes()).await?;
+        // A 421 ends the session at any point of the group: no more replies will come.
         let mail = self.read_reply().await?;
+        if mail.code == 421 {
+            return Ok(mail);
+        }
         let mut accepted = 0;
         for _ in rcpts {
-            accepted += usize::from(self.read_reply().await?.is_positive());
+            let rcpt = self.read_reply().await?;
+            if rcpt.code == 421 {
+                return Ok(rcpt);
+            }
+            accepted += usize::from(rcpt.is_positive());
         }
         let data = self.read_reply().await?;
         if !mail.is_positive() {

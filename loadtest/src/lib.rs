@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod demo;
 pub mod sink;

@@ -1,4 +1,4 @@
-//! `mxgate-loadtest`: run the sink MTA on its own.
+//! `mxgate-loadtest`: the demo, and the sink MTA on its own.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the sink MTA and mxgate on loopback, play a few senders, show what mxgate decided.
+    Demo,
     /// Run the sink MTA until Ctrl-C, then print what each session delivered.
     Sink {
         #[arg(long, default_value = "127.0.0.1:10025")]
@@ -30,6 +32,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo => mxgate_loadtest::demo::run().await?,
         Command::Sink { listen, proxy } => {
             let mut config = SinkConfig::loopback();
             config.listen = listen;

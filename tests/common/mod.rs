@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Generous bound for waits on the peers; a test that hits it has failed.
+pub mod peers;
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A policy for tests: mxgate on an ephemeral loopback port in front of `backend`.

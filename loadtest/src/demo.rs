@@ -1,0 +1,175 @@
+//! The demo: starts the sink MTA and the `mxgate` binary (embedded default policy) on loopback, plays a
+//! few senders from their own 127.x addresses, and shows what mxgate decided and what arrived.
+
+use crate::client::SmtpClient;
+use crate::sink::{Sink, SinkConfig};
+use anyhow::{bail, Context};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Finds the mxgate binary: `$MXGATE_BIN`, else next to this executable (target/<profile>/).
+pub fn mxgate_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("MXGATE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let here = std::env::current_exe().context("cannot locate this executable")?;
+    let candidate = here.with_file_name("mxgate");
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "{} not found: build it first (cargo build --release --workspace) or set MXGATE_BIN",
+            candidate.display()
+        )
+    }
+}
+
+/// A running mxgate process whose log lines are echoed with a prefix.
+pub struct MxgateProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    log_done: tokio::task::JoinHandle<()>,
+}
+
+impl MxgateProcess {
+    /// Starts `mxgate run` with `args` added, and waits until it listens.
+    pub async fn start(listen: SocketAddr, backend: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
+        let bin = mxgate_binary()?;
+        let mut child = Command::new(&bin)
+            .arg("run")
+            .args(["--listen", &listen.to_string(), "--backend", &backend.to_string()])
+            .args(args)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let log_done = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("listening") {
+                    let _ = ready_tx.try_send(());
+                }
+                println!("  mxgate | {line}");
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .context("mxgate did not start listening (see its log above)")?;
+        Ok(Self {
+            child,
+            addr: listen,
+            log_done,
+        })
+    }
+
+    /// SIGTERM, then wait for the process (and its last log lines).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await??;
+        let _ = self.log_done.await;
+        if !status.success() {
+            bail!("mxgate exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs the demo, printing as it goes.
+pub async fn run() -> anyhow::Result<()> {
+    let sink = Sink::start(SinkConfig {
+        expect_proxy: true,
+        keep_bodies: false,
+        ..SinkConfig::loopback()
+    })
+    .await?;
+    println!("sink MTA on {} (expects a PROXY v2 header)", sink.addr());
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let gate = MxgateProcess::start(listen, sink.addr(), &["--backend-proxy", "v2"]).await?;
+    println!("mxgate on {listen}, embedded default policy: 10 messages per session, 100 recipients per message\n");
+
+    println!("1. A person at 127.0.0.2 sends one message.");
+    let mut person = SmtpClient::connect(listen, Some(ip("127.0.0.2"))).await?;
+    println!("   greeting: {}", person.read_reply().await?);
+    let ehlo = person.command("EHLO person.example").await?;
+    let limits = ehlo.text.lines().find(|l| l.contains("LIMITS")).unwrap_or("(none)");
+    println!("   EHLO reply advertises: {}", &limits[4.min(limits.len())..]);
+    println!("   end of data: {}", person.send_message("alice@person.example", &["bob@mx.example"], b"Subject: hi\r\n\r\nHello Bob.\r\n").await?);
+    person.command("QUIT").await?;
+
+    println!("\n2. A bulk sender at 127.0.0.3 pushes 12 messages down one connection.");
+    let mut bulk = SmtpClient::connect(listen, Some(ip("127.0.0.3"))).await?;
+    bulk.read_reply().await?;
+    bulk.command("EHLO bulk.example").await?;
+    let mut sent = 0;
+    for n in 1..=12 {
+        let reply = bulk.send_message("news@bulk.example", &["reader@mx.example"], b"Subject: news\r\n\r\nBuy.\r\n").await?;
+        if reply.code != 250 {
+            println!("   message {n}: {reply}");
+            break;
+        }
+        sent += 1;
+    }
+    println!("   {sent} accepted in that session; the sender must reconnect and compete for a slot again.");
+    let mut again = SmtpClient::connect(listen, Some(ip("127.0.0.3"))).await?;
+    again.read_reply().await?;
+    again.command("EHLO bulk.example").await?;
+    for _ in sent..12 {
+        again.send_message("news@bulk.example", &["reader@mx.example"], b"Subject: news\r\n\r\nBuy.\r\n").await?;
+    }
+    again.command("QUIT").await?;
+    println!("   reconnected and sent the remaining {}.", 12 - sent);
+
+    println!("\n3. A sender at 127.0.0.4 addresses one message to 102 recipients.");
+    let mut many = SmtpClient::connect(listen, Some(ip("127.0.0.4"))).await?;
+    many.read_reply().await?;
+    many.command("EHLO many.example").await?;
+    many.command("MAIL FROM:<list@many.example>").await?;
+    let mut refused = None;
+    for n in 1..=102 {
+        let reply = many.command(&format!("RCPT TO:<user{n}@mx.example>")).await?;
+        if reply.code != 250 && refused.is_none() {
+            refused = Some((n, reply));
+        }
+    }
+    if let Some((n, reply)) = refused {
+        println!("   recipient {n} and later: {reply}");
+    }
+    many.command("QUIT").await?;
+
+    println!("\n4. A port scanner at 127.0.0.5 sends junk.");
+    let mut junk = SmtpClient::connect(listen, Some(ip("127.0.0.5"))).await?;
+    junk.read_reply().await?;
+    println!("   \"HELLO?\" -> {}", junk.command("HELLO?").await?);
+    println!("   \"GET / HTTP/1.0\" -> {}", junk.command("GET / HTTP/1.0").await?);
+
+    gate.stop().await?;
+    let _ = sink
+        .wait_until(Duration::from_secs(5), |_, s| s.iter().all(|s| s.ended))
+        .await;
+    println!("\nWhat the sink MTA received (client address as announced by mxgate's PROXY v2 header):");
+    for s in sink.sessions() {
+        println!("   session {:>2}: client {:<10} {:>2} message(s)", s.id, s.client, s.messages);
+    }
+    println!("   total: {} messages", sink.messages().len());
+    sink.stop().await;
+    Ok(())
+}

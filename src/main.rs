@@ -4,10 +4,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mxgate::policy::{ClientAddressMode, Policy};
-use mxgate::server::Server;
+use mxgate::server::{self, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -125,33 +126,60 @@ impl Overrides {
     }
 }
 
+/// One single-threaded runtime per worker thread, each accepting on its own SO_REUSEPORT listeners;
+/// the main thread waits for a signal. A worker that stops for any reason stops them all.
 fn run(policy: Policy) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let workers = policy.server.workers;
+    let sets = server::bind_per_worker(&policy.server.listen, workers)?;
+    let policy = Arc::new(policy);
+    let shutdown = CancellationToken::new();
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listeners) in sets.into_iter().enumerate() {
+        let (policy, shutdown) = (policy.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("mxgate-worker-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let _stop_all_on_exit = shutdown.clone().drop_guard();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    Server::from_std(listeners, policy)?.run(shutdown).await;
+                    Ok(())
+                })
+            })
+            .context("cannot start a worker thread")?;
+        threads.push(thread);
+    }
+    let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind(policy).await?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        server.run(shutdown).await;
-        Ok(())
-    })
+        .context("cannot start the signal runtime")?;
+    signals.block_on(stop_on_signal(shutdown));
+    for thread in threads {
+        match thread.join() {
+            Ok(result) => result.context("worker failed")?,
+            Err(_) => anyhow::bail!("a worker thread panicked"),
+        }
+    }
+    Ok(())
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown.
+/// SIGTERM or SIGINT starts a graceful shutdown; so does a worker that stopped.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        tracing::error!("cannot install signal handlers; stop mxgate with SIGKILL");
+        tracing::error!("cannot install signal handlers; stopping");
+        shutdown.cancel();
         return;
     };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = shutdown.cancelled() => tracing::error!("a worker stopped; stopping"),
     }
     shutdown.cancel();
 }

@@ -25,11 +25,37 @@ pub struct Server {
     policy: Arc<Policy>,
 }
 
+/// Binds each address `workers` times with SO_REUSEPORT, so that one single-threaded runtime per core
+/// accepts its own share of connections (no work stealing, no cross-thread wake-ups on the hot path).
+/// Returns one set of listeners per worker.
+pub fn bind_per_worker(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> Result<Vec<Vec<std::net::TcpListener>>, ServerError> {
+    use socket2::{Domain, Socket, Type};
+    let mut sets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        for set in &mut sets {
+            let bind = || -> io::Result<std::net::TcpListener> {
+                let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+                socket.set_reuse_address(true)?;
+                socket.set_reuse_port(true)?;
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(1024)?;
+                Ok(socket.into())
+            };
+            set.push(bind().map_err(|source| ServerError::Bind { addr, source })?);
+        }
+    }
+    Ok(sets)
+}
+
 /// Beyond the grace period, how long to wait for sessions to write their 421 and close.
 const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Server {
-    /// Binds every listen address of the policy.
+    /// Binds every listen address of the policy, for a single runtime (tests, embedding).
     pub async fn bind(policy: Policy) -> Result<Server, ServerError> {
         let mut listeners = Vec::with_capacity(policy.server.listen.len());
         for &addr in &policy.server.listen {
@@ -42,6 +68,18 @@ impl Server {
             listeners,
             policy: Arc::new(policy),
         })
+    }
+
+    /// A server over listeners bound by [`bind_per_worker`], inside the runtime that will run it.
+    pub fn from_std(
+        listeners: Vec<std::net::TcpListener>,
+        policy: Arc<Policy>,
+    ) -> io::Result<Server> {
+        let listeners = listeners
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Server { listeners, policy })
     }
 
     /// The addresses actually bound (port 0 in the policy becomes a real port).

@@ -20,7 +20,8 @@ impl Postfix {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         // The postfix user must reach every directory of the instance.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         for sub in ["etc", "queue", "data", "log"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -43,10 +44,17 @@ local_transport = discard\nlocal_recipient_maps =\nalias_maps =\nalias_database 
         )
         .unwrap();
         let etc = dir.join("etc");
-        run("/usr/sbin/postfix", &["-c", etc.to_str().unwrap(), "set-permissions"]);
+        run(
+            "/usr/sbin/postfix",
+            &["-c", etc.to_str().unwrap(), "set-permissions"],
+        );
         run("/usr/sbin/postfix", &["-c", etc.to_str().unwrap(), "start"]);
         assert!(
-            wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            wait_for(Duration::from_secs(20), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
             "postfix smtpd did not start listening on {port}"
         );
         Postfix { dir, _tmp: tmp }
@@ -60,13 +68,19 @@ local_transport = discard\nlocal_recipient_maps =\nalias_maps =\nalias_database 
 impl Drop for Postfix {
     fn drop(&mut self) {
         let etc = self.dir.join("etc");
-        let _ = Command::new("/usr/sbin/postfix").args(["-c", etc.to_str().unwrap(), "stop"]).status();
+        let _ = Command::new("/usr/sbin/postfix")
+            .args(["-c", etc.to_str().unwrap(), "stop"])
+            .status();
     }
 }
 
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The mxgate binary with the embedded default policy; terminated (SIGTERM to its PID) on drop.
@@ -75,7 +89,13 @@ struct Mxgate(Child);
 impl Mxgate {
     fn start(listen: u16, backend: u16) -> Mxgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
-            .args(["run", "--listen", &format!("127.0.0.1:{listen}"), "--backend", &format!("127.0.0.1:{backend}")])
+            .args([
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--backend",
+                &format!("127.0.0.1:{backend}"),
+            ])
             .args(["--backend-proxy", "v2"])
             .stderr(Stdio::piped())
             .spawn()
@@ -83,7 +103,10 @@ impl Mxgate {
         // Ready when it logs that it listens.
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("listening"));
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("listening"));
         assert!(ready, "mxgate exited before listening");
         std::thread::spawn(move || lines.for_each(drop));
         Mxgate(child)
@@ -92,7 +115,9 @@ impl Mxgate {
 
 impl Drop for Mxgate {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -106,19 +131,38 @@ fn postfix_sees_the_real_client_through_proxy_v2() {
     let postfix = Postfix::start(backend_port);
     let _gate = Mxgate::start(gate_port, backend_port);
     let swaks = Command::new("/usr/bin/swaks")
-        .args(["--server", &format!("127.0.0.1:{gate_port}"), "--local-interface", "127.0.0.9"])
-        .args(["--from", "sender@example.test", "--to", "user@test.localdomain", "--timeout", "20"])
+        .args([
+            "--server",
+            &format!("127.0.0.1:{gate_port}"),
+            "--local-interface",
+            "127.0.0.9",
+        ])
+        .args([
+            "--from",
+            "sender@example.test",
+            "--to",
+            "user@test.localdomain",
+            "--timeout",
+            "20",
+        ])
         .args(["--header", "Subject: through mxgate"])
         .output()
         .unwrap();
     let transcript = String::from_utf8_lossy(&swaks.stdout);
     assert!(swaks.status.success(), "swaks failed:\n{transcript}");
-    assert!(transcript.contains("<-  250 2.0.0 Ok: queued as"), "{transcript}");
+    assert!(
+        transcript.contains("<-  250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
     assert!(transcript.contains("LIMITS MAILMAX=10"), "{transcript}");
     let logged = wait_for(Duration::from_secs(10), || {
         let log = postfix.log();
         log.contains("connect from unknown[127.0.0.9]") && log.contains("client=unknown[127.0.0.9]")
     });
-    assert!(logged, "Postfix log does not name 127.0.0.9:\n{}", postfix.log());
+    assert!(
+        logged,
+        "Postfix log does not name 127.0.0.9:\n{}",
+        postfix.log()
+    );
     assert!(Path::new(&postfix.dir).exists());
 }

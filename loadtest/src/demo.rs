@@ -38,11 +38,20 @@ pub struct MxgateProcess {
 
 impl MxgateProcess {
     /// Starts `mxgate run` with `args` added, and waits until it listens.
-    pub async fn start(listen: SocketAddr, backend: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(
+        listen: SocketAddr,
+        backend: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let bin = mxgate_binary()?;
         let mut child = Command::new(&bin)
             .arg("run")
-            .args(["--listen", &listen.to_string(), "--backend", &backend.to_string()])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--backend",
+                &backend.to_string(),
+            ])
             .args(args)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -74,7 +83,10 @@ impl MxgateProcess {
     /// SIGTERM, then wait for the process (and its last log lines).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
-            Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
         }
         let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await??;
         let _ = self.log_done.await;
@@ -90,7 +102,9 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Runs the demo, printing as it goes.
@@ -110,9 +124,25 @@ pub async fn run() -> anyhow::Result<()> {
     let mut person = SmtpClient::connect(listen, Some(ip("127.0.0.2"))).await?;
     println!("   greeting: {}", person.read_reply().await?);
     let ehlo = person.command("EHLO person.example").await?;
-    let limits = ehlo.text.lines().find(|l| l.contains("LIMITS")).unwrap_or("(none)");
-    println!("   EHLO reply advertises: {}", &limits[4.min(limits.len())..]);
-    println!("   end of data: {}", person.send_message("alice@person.example", &["bob@mx.example"], b"Subject: hi\r\n\r\nHello Bob.\r\n").await?);
+    let limits = ehlo
+        .text
+        .lines()
+        .find(|l| l.contains("LIMITS"))
+        .unwrap_or("(none)");
+    println!(
+        "   EHLO reply advertises: {}",
+        &limits[4.min(limits.len())..]
+    );
+    println!(
+        "   end of data: {}",
+        person
+            .send_message(
+                "alice@person.example",
+                &["bob@mx.example"],
+                b"Subject: hi\r\n\r\nHello Bob.\r\n"
+            )
+            .await?
+    );
     person.command("QUIT").await?;
 
     println!("\n2. A bulk sender at 127.0.0.3 pushes 12 messages down one connection.");
@@ -121,7 +151,13 @@ pub async fn run() -> anyhow::Result<()> {
     bulk.command("EHLO bulk.example").await?;
     let mut sent = 0;
     for n in 1..=12 {
-        let reply = bulk.send_message("news@bulk.example", &["reader@mx.example"], b"Subject: news\r\n\r\nBuy.\r\n").await?;
+        let reply = bulk
+            .send_message(
+                "news@bulk.example",
+                &["reader@mx.example"],
+                b"Subject: news\r\n\r\nBuy.\r\n",
+            )
+            .await?;
         if reply.code != 250 {
             println!("   message {n}: {reply}");
             break;
@@ -133,7 +169,13 @@ pub async fn run() -> anyhow::Result<()> {
     again.read_reply().await?;
     again.command("EHLO bulk.example").await?;
     for _ in sent..12 {
-        again.send_message("news@bulk.example", &["reader@mx.example"], b"Subject: news\r\n\r\nBuy.\r\n").await?;
+        again
+            .send_message(
+                "news@bulk.example",
+                &["reader@mx.example"],
+                b"Subject: news\r\n\r\nBuy.\r\n",
+            )
+            .await?;
     }
     again.command("QUIT").await?;
     println!("   reconnected and sent the remaining {}.", 12 - sent);
@@ -145,7 +187,9 @@ pub async fn run() -> anyhow::Result<()> {
     many.command("MAIL FROM:<list@many.example>").await?;
     let mut refused = None;
     for n in 1..=102 {
-        let reply = many.command(&format!("RCPT TO:<user{n}@mx.example>")).await?;
+        let reply = many
+            .command(&format!("RCPT TO:<user{n}@mx.example>"))
+            .await?;
         if reply.code != 250 && refused.is_none() {
             refused = Some((n, reply));
         }
@@ -159,15 +203,23 @@ pub async fn run() -> anyhow::Result<()> {
     let mut junk = SmtpClient::connect(listen, Some(ip("127.0.0.5"))).await?;
     junk.read_reply().await?;
     println!("   \"HELLO?\" -> {}", junk.command("HELLO?").await?);
-    println!("   \"GET / HTTP/1.0\" -> {}", junk.command("GET / HTTP/1.0").await?);
+    println!(
+        "   \"GET / HTTP/1.0\" -> {}",
+        junk.command("GET / HTTP/1.0").await?
+    );
 
     gate.stop().await?;
     let _ = sink
         .wait_until(Duration::from_secs(5), |_, s| s.iter().all(|s| s.ended))
         .await;
-    println!("\nWhat the sink MTA received (client address as announced by mxgate's PROXY v2 header):");
+    println!(
+        "\nWhat the sink MTA received (client address as announced by mxgate's PROXY v2 header):"
+    );
     for s in sink.sessions() {
-        println!("   session {:>2}: client {:<10} {:>2} message(s)", s.id, s.client, s.messages);
+        println!(
+            "   session {:>2}: client {:<10} {:>2} message(s)",
+            s.id, s.client, s.messages
+        );
     }
     println!("   total: {} messages", sink.messages().len());
     sink.stop().await;

@@ -78,7 +78,7 @@ mod tests {
         assert_eq!(line_col(text, 8), (2, 3));
         assert_eq!(line_col(text, 13), (3, 1));
         assert_eq!(line_col(text, 14), (4, 1));
-        assert_eq!(line_col(text, text.len() - 1), (4, 7));
-        assert_eq!(line_col(text, 999), (4, 8));
+        assert_eq!(line_col(text, text.len() - 1), (4, 8));
+        assert_eq!(line_col(text, 999), (4, 9));
     }
 }

@@ -31,6 +31,8 @@ pub struct ServerSection {
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Worker threads, each with its own runtime and listening sockets; default: one per core.
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerSection {
@@ -39,6 +41,7 @@ impl Default for ServerSection {
             hostname: default_hostname(),
             listen: default_listen(),
             admin: None,
+            workers: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct ServerPolicy {
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +107,12 @@ pub(super) fn validate(
                 "server.hostname {:?} must be one word, e.g. \"mx1.example.net\"",
                 file.server.hostname
             ),
+        );
+    }
+    if file.server.workers == Some(0) || file.server.workers.is_some_and(|w| w > 1024) {
+        check.error(
+            None,
+            "server.workers must be between 1 and 1024 (default: one per core)".into(),
         );
     }
     let s = &file.session;
@@ -204,6 +211,10 @@ pub(super) fn validate(
             hostname: file.server.hostname,
             listen: file.server.listen,
             admin: file.server.admin,
+            workers: file
+                .server
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         },
         backend: BackendPolicy {
             address: file.backend.address,

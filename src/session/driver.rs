@@ -178,6 +178,13 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
     grace_deadline: &mut Option<Instant>,
 ) -> Next {
     let mut out = Output::default();
+    // Timers are armed once and moved lazily: re-arming a timer on every read would cost a timer-wheel
+    // update per SMTP command. The idle timer may fire early; it then re-arms to the real deadline.
+    let idle_timer = sleep_until(Instant::now() + t.idle);
+    let session_timer = sleep_until(t.session_deadline);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(idle_timer, session_timer, cancelled);
+    let mut grace_timer = grace_deadline.map(|d| Box::pin(sleep_until(d)));
     loop {
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
         if let Some(next) = flush(relay, client, &mut link.backend, &mut out, t).await {
@@ -189,6 +196,9 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
             None => t.idle,
         };
         let deadline = Instant::now() + wait;
+        if deadline < idle_timer.deadline() {
+            idle_timer.as_mut().reset(deadline);
+        }
         let wants_client = relay.wants_client_input(link.client_in.len());
         if wants_client {
             link.client_in.reserve(READ_CHUNK);
@@ -196,14 +206,16 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
         link.backend_in.reserve(4096);
         tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if grace_deadline.is_none() => {
-                *grace_deadline = Some(Instant::now() + t.grace);
+            _ = &mut cancelled, if grace_timer.is_none() => {
+                let at = Instant::now() + t.grace;
+                *grace_deadline = Some(at);
+                grace_timer = Some(Box::pin(sleep_until(at)));
                 relay.on_shutdown(&mut out);
             }
-            _ = sleep_until(grace_deadline.unwrap_or(deadline)), if grace_deadline.is_some() => {
+            _ = async { grace_timer.as_mut().expect("guarded").await }, if grace_timer.is_some() => {
                 relay.on_shutdown_deadline(&mut out);
             }
-            _ = sleep_until(t.session_deadline) => relay.on_session_expired(&mut out),
+            _ = &mut session_timer => relay.on_session_expired(&mut out),
             read = link.backend.read_buf(&mut link.backend_in) => {
                 if !matches!(read, Ok(n) if n > 0) {
                     relay.on_backend_eof(&mut out);
@@ -214,7 +226,13 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
                     relay.on_client_eof(&mut out);
                 }
             }
-            _ = sleep_until(deadline) => relay.on_timeout(&mut out),
+            _ = &mut idle_timer => {
+                if Instant::now() >= deadline {
+                    relay.on_timeout(&mut out);
+                } else {
+                    idle_timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 }

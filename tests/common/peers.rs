@@ -18,7 +18,11 @@ pub fn available(program: &str) -> bool {
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the peer to take).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `ready` every 50 ms until it holds or `limit` passes: for peers that give no other signal.

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The cost of a proxy hop: Postfix's smtp-source straight to smtp-sink, through haproxy (TCP mode)
+and through mxgate (backend proxy none), in one run, alternating A B C A B C.
+
+Usage: python3 benches/proxy_hop.py [--reps 3] [--messages 20000] [--sessions 50]
+Needs: postfix (smtp-source, smtp-sink), haproxy, and target/release/mxgate (cargo build --release).
+Everything binds 127.0.0.1, every load is bounded by --messages, and every process started here is
+stopped by PID at the end. Prints a Markdown table for docs/benchmarks.md.
+"""
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, limit=10.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port} after {limit}s")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and its reaped children, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def run_load(port, sessions, messages, persistent):
+    args = ["/usr/sbin/smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "1024",
+            "-f", "sender@example.test", "-t", "rcpt@example.test"]
+    if persistent:
+        args.append("-d")
+    args.append(f"127.0.0.1:{port}")
+    start = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - start
+    if done.returncode != 0 or done.stderr.strip():
+        sys.exit(f"smtp-source against {port} failed: {done.stderr.strip()}")
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--sessions", type=int, default=50)
+    opts = parser.parse_args()
+
+    mxgate_bin = os.path.join(ROOT, "target", "release", "mxgate")
+    if not os.path.exists(mxgate_bin):
+        sys.exit("build first: cargo build --release")
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="mxgate-bench-")
+    try:
+        sink_port, haproxy_port, gate_port = free_port(), free_port(), free_port()
+        procs.append(subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1000"]))
+        cfg = os.path.join(tmp, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen smtp
+    bind 127.0.0.1:{haproxy_port}
+    server sink 127.0.0.1:{sink_port}
+""")
+        haproxy = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", cfg])
+        procs.append(haproxy)
+        gate = subprocess.Popen([mxgate_bin, "run", "--policy", os.path.join(ROOT, "benches", "bench-policy.toml"),
+                                 "--listen", f"127.0.0.1:{gate_port}", "--backend", f"127.0.0.1:{sink_port}",
+                                 "--backend-proxy", "none"],
+                                stderr=subprocess.DEVNULL, env={**os.environ, "MXGATE_LOG": "warn"})
+        procs.append(gate)
+        for port in (sink_port, haproxy_port, gate_port):
+            wait_listening(port)
+
+        targets = [("direct", sink_port, None), ("haproxy", haproxy_port, haproxy.pid), ("mxgate", gate_port, gate.pid)]
+        rows = []
+        for persistent in (False, True):
+            rates = {name: [] for name, _, _ in targets}
+            cpu = {name: [] for name, _, _ in targets}
+            for _ in range(opts.reps):
+                for name, port, pid in targets:
+                    before = cpu_seconds(pid) if pid else 0.0
+                    elapsed = run_load(port, opts.sessions, opts.messages, persistent)
+                    rates[name].append(opts.messages / elapsed)
+                    if pid:
+                        cpu[name].append((cpu_seconds(pid) - before) / opts.messages * 1000)
+            label = "persistent (-d)" if persistent else "1 msg/connection"
+            for name, _, pid in targets:
+                rate = statistics.median(rates[name])
+                per_k = f"{statistics.median(cpu[name]):.3f}" if pid else "-"
+                rows.append((label, name, rate, per_k, rates[name]))
+
+        print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}\n")
+        print("| load | path | msg/s (median) | proxy CPU s per 1,000 msg | runs (msg/s) |")
+        print("| --- | --- | ---: | ---: | --- |")
+        for label, name, rate, per_k, runs in rows:
+            print(f"| {label} | {name} | {rate:,.0f} | {per_k} | {', '.join(f'{r:,.0f}' for r in runs)} |")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()

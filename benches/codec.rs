@@ -1,1 +1,97 @@
-fn main() {}
+//! Criterion benches of the relay's hot paths: command parsing, reply scanning, end-of-data search,
+//! and a whole pipelined transaction through the relay state machine.
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mxgate::session::codec::{parse_command, scan_reply};
+use mxgate::session::data_end::DataEndScanner;
+use mxgate::session::relay::{Output, Relay, RelayConfig};
+use std::hint::black_box;
+
+fn commands(c: &mut Criterion) {
+    c.bench_function("parse_command RCPT", |b| {
+        b.iter(|| parse_command(black_box(b"RCPT TO:<someone@example.net> NOTIFY=NEVER\r\n")))
+    });
+    let ehlo = b"250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n";
+    c.bench_function("scan_reply EHLO (6 lines)", |b| {
+        b.iter(|| scan_reply(black_box(ehlo)))
+    });
+}
+
+fn data_end(c: &mut Criterion) {
+    let mut body = Vec::with_capacity(1 << 20);
+    while body.len() < (1 << 20) {
+        body.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod\r\n",
+        );
+    }
+    body.extend_from_slice(b".\r\n");
+    let mut group = c.benchmark_group("data_end");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("1 MiB body in 16 KiB reads", |b| {
+        b.iter(|| {
+            let mut scanner = DataEndScanner::new();
+            let mut end = None;
+            for (i, chunk) in body.chunks(16 * 1024).enumerate() {
+                if let Some(e) = scanner.feed(black_box(chunk)) {
+                    end = Some(i * 16 * 1024 + e);
+                }
+            }
+            end
+        })
+    });
+    group.finish();
+}
+
+fn transaction(c: &mut Criterion) {
+    let config = RelayConfig {
+        hostname: "mx.bench".into(),
+        messages_per_session: 1000,
+        recipients_per_message: 100,
+        max_command_line: 2048,
+        max_junk_commands: 10,
+        tls_available: false,
+    };
+    let steps: Vec<(bool, &[u8])> = vec![
+        (false, b"220 backend ESMTP\r\n"),
+        (true, b"EHLO client.example\r\n"),
+        (
+            false,
+            b"250-backend\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n",
+        ),
+        (
+            true,
+            b"MAIL FROM:<a@client.example>\r\nRCPT TO:<b@backend>\r\nDATA\r\n",
+        ),
+        (false, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data\r\n"),
+        (true, b"Subject: bench\r\n\r\nHello.\r\n.\r\n"),
+        (false, b"250 2.0.0 Ok: queued\r\n"),
+        (true, b"QUIT\r\n"),
+        (false, b"221 2.0.0 Bye\r\n"),
+    ];
+    c.bench_function("relay: greeting, EHLO, one pipelined message, QUIT", |b| {
+        b.iter_batched(
+            || Relay::new(config.clone()),
+            |mut relay| {
+                let (mut client, mut backend, mut out) =
+                    (BytesMut::new(), BytesMut::new(), Output::default());
+                for (from_client, bytes) in &steps {
+                    let buf = if *from_client {
+                        &mut client
+                    } else {
+                        &mut backend
+                    };
+                    buf.extend_from_slice(bytes);
+                    relay.pump(&mut client, &mut backend, &mut out);
+                    out.to_client.clear();
+                    out.to_backend.clear();
+                }
+                out.action
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, commands, data_end, transaction);
+criterion_main!(benches);

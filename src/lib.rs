@@ -11,6 +11,7 @@
 //! - [`session`] holds the pure SMTP codec and relay state machine, and the driver that runs them over
 //!   sockets, with STARTTLS terminated by rustls.
 //! - [`net`] connects the backend and announces the client (PROXY v1/v2, XCLIENT).
+//! - [`telemetry`] names the metrics and serves them on the admin address.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -18,3 +19,4 @@ pub mod net;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod telemetry;

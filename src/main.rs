@@ -129,6 +129,7 @@ impl Overrides {
 /// One single-threaded runtime per worker thread, each accepting on its own SO_REUSEPORT listeners;
 /// the main thread waits for a signal. A worker that stops for any reason stops them all.
 fn run(policy: Policy) -> anyhow::Result<()> {
+    mxgate::telemetry::install(policy.server.admin)?;
     let workers = policy.server.workers;
     let sets = server::bind_per_worker(&policy.server.listen, workers)?;
     let policy = Arc::new(policy);

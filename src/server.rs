@@ -5,6 +5,7 @@ use crate::admission::{decide, Decision};
 use crate::policy::Policy;
 use crate::session::driver::{self, SessionSetup};
 use crate::session::refuse::{self, RejectLimits};
+use crate::telemetry;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -161,6 +162,7 @@ async fn handle(
     let decision = decide(&policy, client_addr.ip());
     let class = &policy.class(decision.class()).name;
     tracing::info!(client = %client_addr.ip(), class = %class, action = decision.outcome(), "decision");
+    telemetry::decision(class, decision.outcome());
     match decision {
         Decision::Admit { class: class_index } => {
             let setup = SessionSetup {
@@ -171,6 +173,12 @@ async fn handle(
                 shutdown,
             };
             let report = driver::run(stream, setup).await;
+            telemetry::session_ended(
+                report.end.as_str(),
+                report.deliveries,
+                report.recipients_over_cap,
+                report.duration.as_secs_f64(),
+            );
             tracing::info!(
                 client = %client_addr.ip(),
                 class = %class,

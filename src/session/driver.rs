@@ -4,6 +4,7 @@
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use crate::net::backend;
 use crate::policy::{ClassPolicy, Policy};
+use crate::telemetry;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct SessionReport {
     pub end: EndReason,
     pub deliveries: u32,
     pub recipients: u32,
+    pub recipients_over_cap: u32,
     pub tls: bool,
     pub duration: Duration,
 }
@@ -71,6 +73,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
     let backend = match connected {
         Ok(backend) => backend,
         Err(e) => {
+            telemetry::backend_connect_failed();
             tracing::warn!(client = %setup.client_addr, error = %e, "backend unavailable");
             let reply = format!(
                 "421 4.3.2 {} Service temporarily unavailable\r\n",
@@ -85,6 +88,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
                 end: EndReason::BackendClosed,
                 deliveries: 0,
                 recipients: 0,
+                recipients_over_cap: 0,
                 tls: false,
                 duration: started.elapsed(),
             };
@@ -130,6 +134,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
         .await
         {
             Ok(Ok(mut tls_client)) => {
+                telemetry::tls_handshake(true);
                 relay.on_tls_established();
                 drive(
                     &mut relay,
@@ -143,10 +148,12 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
                 let _ = timeout(Duration::from_secs(1), tls_client.shutdown()).await;
             }
             Ok(Err(e)) => {
+                telemetry::tls_handshake(false);
                 tracing::info!(client = %setup.client_addr, error = %e, "TLS handshake failed");
                 tls_failed(&mut relay, &mut link, &timeouts).await;
             }
             Err(_) => {
+                telemetry::tls_handshake(false);
                 tracing::info!(client = %setup.client_addr, "TLS handshake timed out");
                 tls_failed(&mut relay, &mut link, &timeouts).await;
             }
@@ -157,6 +164,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
         end: relay.end_reason().unwrap_or(EndReason::ClientClosed),
         deliveries: stats.deliveries,
         recipients: stats.recipients,
+        recipients_over_cap: stats.recipients_refused_by_cap,
         tls: relay.tls_active(),
         duration: started.elapsed(),
     }

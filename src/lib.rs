@@ -17,6 +17,7 @@
 pub mod admission;
 pub mod net;
 pub mod policy;
+pub mod reputation;
 pub mod server;
 pub mod session;
 pub mod telemetry;

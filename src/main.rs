@@ -1,4 +1,4 @@
-//! The `mxgate` command line: run the proxy, or check a policy file.
+//! The `mxgate` command line: run the proxy, check a policy file, explain a decision.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -41,6 +41,20 @@ enum Command {
         /// Admin HTTP address, instead of the policy's server.admin.
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// DNS resolver for the DNS lists, instead of the policy's dns.resolver.
+        #[arg(long)]
+        resolver: Option<SocketAddr>,
+    },
+    /// Show the decision for a client address and every reason behind it.
+    Explain {
+        /// Policy file; without it, the embedded default policy.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// DNS resolver for the DNS lists, instead of the policy's dns.resolver.
+        #[arg(long)]
+        resolver: Option<SocketAddr>,
+        /// The client address.
+        ip: std::net::IpAddr,
     },
     /// Validate a policy file: exit 0 if valid, 1 with `file:line:col: message` lines if not.
     Check { file: PathBuf },
@@ -67,28 +81,45 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain {
+            policy,
+            resolver,
+            ip,
+        } => {
+            let Some(mut policy) = load_or_default(policy) else {
+                return ExitCode::FAILURE;
+            };
+            if resolver.is_some() {
+                policy.dns.resolver = resolver;
+            }
+            match explain(policy, ip) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mxgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             policy,
             listen,
             backend,
             backend_proxy,
             admin,
+            resolver,
         } => {
-            let policy = match policy {
-                Some(path) => match Policy::load(&path) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                None => Policy::embedded_default(),
+            let Some(policy) = load_or_default(policy) else {
+                return ExitCode::FAILURE;
             };
             let overrides = Overrides {
                 listen,
                 backend,
                 backend_proxy,
                 admin,
+                resolver,
             };
             match run(overrides.apply(policy)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -101,11 +132,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The policy file, or the embedded default; `None` (after printing the errors) if invalid.
+fn load_or_default(path: Option<PathBuf>) -> Option<Policy> {
+    match path {
+        Some(path) => match Policy::load(&path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("{e}");
+                None
+            }
+        },
+        None => Some(Policy::embedded_default()),
+    }
+}
+
+/// Runs the same assessment a connection from `ip` would get, lists self-tested first.
+fn explain(policy: Policy, ip: std::net::IpAddr) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let lists = server::dns_lists(&policy).await?;
+        let verdict = mxgate::admission::assess(&policy, &lists, ip).await;
+        Ok(mxgate::admission::render(&policy, &verdict))
+    })
+}
+
 struct Overrides {
     listen: Vec<SocketAddr>,
     backend: Option<SocketAddr>,
     backend_proxy: Option<ClientAddressMode>,
     admin: Option<SocketAddr>,
+    resolver: Option<SocketAddr>,
 }
 
 impl Overrides {
@@ -122,6 +181,9 @@ impl Overrides {
         if self.admin.is_some() {
             policy.server.admin = self.admin;
         }
+        if self.resolver.is_some() {
+            policy.dns.resolver = self.resolver;
+        }
         policy
     }
 }
@@ -130,13 +192,19 @@ impl Overrides {
 /// the main thread waits for a signal. A worker that stops for any reason stops them all.
 fn run(policy: Policy) -> anyhow::Result<()> {
     mxgate::telemetry::install(policy.server.admin)?;
+    // The main thread's runtime does the DNS lists' self-tests and waits for signals.
+    let main_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the main runtime")?;
+    let lists = main_runtime.block_on(server::dns_lists(&policy))?;
     let workers = policy.server.workers;
     let sets = server::bind_per_worker(&policy.server.listen, workers)?;
     let policy = Arc::new(policy);
     let shutdown = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers);
     for (i, listeners) in sets.into_iter().enumerate() {
-        let (policy, shutdown) = (policy.clone(), shutdown.clone());
+        let (policy, lists, shutdown) = (policy.clone(), lists.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name(format!("mxgate-worker-{i}"))
             .spawn(move || -> std::io::Result<()> {
@@ -145,18 +213,25 @@ fn run(policy: Policy) -> anyhow::Result<()> {
                     .enable_all()
                     .build()?;
                 runtime.block_on(async {
-                    Server::from_std(listeners, policy)?.run(shutdown).await;
+                    Server::from_std(listeners, policy, lists)?
+                        .run(shutdown)
+                        .await;
                     Ok(())
                 })
             })
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal runtime")?;
-    signals.block_on(stop_on_signal(shutdown));
+    main_runtime.block_on(async {
+        if !lists.is_empty() {
+            tokio::spawn(
+                lists
+                    .clone()
+                    .self_test_every(policy.dns.self_test_interval, shutdown.clone()),
+            );
+        }
+        stop_on_signal(shutdown).await;
+    });
     for thread in threads {
         match thread.join() {
             Ok(result) => result.context("worker failed")?,

@@ -1,8 +1,10 @@
 //! The server: listeners, the admission decision for each connection, session tasks, and a graceful
 //! shutdown that lets transactions in progress finish.
 
-use crate::admission::{decide, Decision};
+use crate::admission::{assess, log_fields, Decision};
 use crate::policy::Policy;
+use crate::reputation::dnsbl::lists::DnsLists;
+use crate::reputation::dnsbl::lookup::{DnsLookup, HickoryLookup, NoLookup, ResolverError};
 use crate::session::driver::{self, SessionSetup};
 use crate::session::refuse::{self, RejectLimits};
 use crate::telemetry;
@@ -18,12 +20,32 @@ use tokio_util::task::TaskTracker;
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source} (is another MTA on that port, or is the capability to bind it missing?)")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
+}
+
+/// The policy's DNS lists with a resolver, self-tested once: lists that fail stay out of scoring.
+pub async fn dns_lists(policy: &Policy) -> Result<Arc<DnsLists>, ResolverError> {
+    // Without lists no resolver is needed (nor /etc/resolv.conf read).
+    let lookup: Arc<dyn DnsLookup> = if policy.dns.lists.entries.is_empty() {
+        Arc::new(NoLookup)
+    } else {
+        Arc::new(HickoryLookup::new(policy.dns.resolver)?)
+    };
+    let lists = DnsLists::new(policy.dns.lists.clone(), lookup);
+    if !lists.is_empty() {
+        lists.self_test().await;
+    }
+    Ok(lists)
 }
 
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<TcpListener>,
     policy: Arc<Policy>,
+    lists: Arc<DnsLists>,
+    /// Whether this server runs the periodic DNS list self-test (one per process, not per worker).
+    runs_self_test: bool,
 }
 
 /// Binds each address `workers` times with SO_REUSEPORT, so that one single-threaded runtime per core
@@ -56,8 +78,10 @@ pub fn bind_per_worker(
 const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Server {
-    /// Binds every listen address of the policy, for a single runtime (tests, embedding).
+    /// Binds every listen address of the policy, for a single runtime (tests, embedding); sets up
+    /// and self-tests the DNS lists.
     pub async fn bind(policy: Policy) -> Result<Server, ServerError> {
+        let lists = dns_lists(&policy).await?;
         let mut listeners = Vec::with_capacity(policy.server.listen.len());
         for &addr in &policy.server.listen {
             let listener = TcpListener::bind(addr)
@@ -68,19 +92,28 @@ impl Server {
         Ok(Server {
             listeners,
             policy: Arc::new(policy),
+            lists,
+            runs_self_test: true,
         })
     }
 
     /// A server over listeners bound by [`bind_per_worker`], inside the runtime that will run it.
+    /// The caller runs the periodic self-test of `lists`.
     pub fn from_std(
         listeners: Vec<std::net::TcpListener>,
         policy: Arc<Policy>,
+        lists: Arc<DnsLists>,
     ) -> io::Result<Server> {
         let listeners = listeners
             .into_iter()
             .map(TcpListener::from_std)
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Server { listeners, policy })
+        Ok(Server {
+            listeners,
+            policy,
+            lists,
+            runs_self_test: false,
+        })
     }
 
     /// The addresses actually bound (port 0 in the policy becomes a real port).
@@ -95,12 +128,21 @@ impl Server {
     /// and a few seconds for their 421).
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        if self.runs_self_test && !self.lists.is_empty() {
+            let interval = self.policy.dns.self_test_interval;
+            tokio::spawn(
+                self.lists
+                    .clone()
+                    .self_test_every(interval, shutdown.clone()),
+            );
+        }
         for listener in self.listeners {
             let local = listener.local_addr().ok();
             tracing::info!(listen = ?local, backend = %self.policy.backend.address, "listening");
             tracker.spawn(accept_loop(
                 listener,
                 self.policy.clone(),
+                self.lists.clone(),
                 tracker.clone(),
                 shutdown.clone(),
             ));
@@ -123,6 +165,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     policy: Arc<Policy>,
+    lists: Arc<DnsLists>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -139,6 +182,7 @@ async fn accept_loop(
                     client_addr,
                     local_addr,
                     policy.clone(),
+                    lists.clone(),
                     shutdown.clone(),
                 ));
             }
@@ -156,13 +200,23 @@ async fn handle(
     client_addr: SocketAddr,
     local_addr: SocketAddr,
     policy: Arc<Policy>,
+    lists: Arc<DnsLists>,
     shutdown: CancellationToken,
 ) {
     let client_addr = crate::net::backend::canonical(client_addr);
-    let decision = decide(&policy, client_addr.ip());
+    let verdict = assess(&policy, &lists, client_addr.ip()).await;
+    let decision = verdict.decision.clone();
     let class = &policy.class(decision.class()).name;
-    tracing::info!(client = %client_addr.ip(), class = %class, action = decision.outcome(), "decision");
-    telemetry::decision(class, decision.outcome());
+    tracing::info!(
+        client = %client_addr.ip(),
+        class = %class,
+        action = decision.outcome(),
+        score = verdict.score,
+        reasons = %log_fields(&policy, &verdict),
+        decision_us = verdict.elapsed.as_micros() as u64,
+        "decision"
+    );
+    telemetry::decision(class, decision.outcome(), verdict.elapsed.as_secs_f64());
     match decision {
         Decision::Admit { class: class_index } => {
             let setup = SessionSetup {

@@ -19,10 +19,10 @@ fn shipped_policies_load() {
     }
     assert!(loaded >= 1);
     let embedded = Policy::embedded_default();
-    assert_eq!(
-        embedded.class(embedded.default_class).messages_per_session,
-        10
-    );
+    assert_eq!(embedded.class(embedded.class_for_score(0)).name, "neutral");
+    assert_eq!(embedded.class(embedded.class_for_score(-5)).name, "trusted");
+    assert_eq!(embedded.class(embedded.class_for_score(4)).name, "suspect");
+    assert_eq!(embedded.class(embedded.class_for_score(10)).name, "blocked");
 }
 
 #[test]
@@ -40,9 +40,34 @@ fn broken_policies_point_at_the_mistake() {
             "test:9:19: invalid duration \"2 parsecs\"",
         ),
         (
-            "default_class = \"neutral\"",
-            "default_class = \"nobody\"",
-            "test:15:17: admission.default_class \"nobody\" is not a defined class",
+            "name = \"neutral\"",
+            "name = \"neutral\"\n[[rule]]\ncidr = \"10.0.0.0/33\"\naction = \"allow\"",
+            "test:17:8: invalid IP address syntax",
+        ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\n[[rule]]\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\nclass = \"vip\"",
+            "test:19:9: rule class \"vip\" is not a defined class",
+        ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\n[[dns.list]]\nzone = \"zen.spamhaus.org\"\ncodes = \"127.0.0.[10;1x]\"",
+            "test:18:9: return-code filter \"127.0.0.[10;1x]\"",
+        ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\n[dns]\nsites = [\"zen.spamhaus.org=127.0.0.2*x\"]",
+            "test:17:10: weight \"x\"",
+        ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\nmax_score = 2\n[[class]]\nname = \"worse\"\nmax_score = 1\n[[class]]\nname = \"last\"",
+            "test:19:13: max_score = 1 does not rise",
+        ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\n[[class]]\nname = \"never\"",
+            "test:15:8: class \"neutral\" has no max_score but is not the last class",
         ),
         (
             "hostname = \"mx.test\"",
@@ -52,7 +77,7 @@ fn broken_policies_point_at_the_mistake() {
         (
             "name = \"neutral\"",
             "name = \"neutral\"\nmessages_per_session = 0",
-            "test:19:24: messages_per_session must be at least 1",
+            "test:16:24: messages_per_session must be at least 1",
         ),
     ];
     for (from, to, expected) in table {
@@ -79,7 +104,7 @@ fn missing_tls_files_are_reported() {
         err.contains("cannot read TLS certificate /nonexistent/cert.pem"),
         "{err}"
     );
-    assert!(err.starts_with("test:22:15:"), "{err}");
+    assert!(err.starts_with("test:19:15:"), "{err}");
 }
 
 #[test]

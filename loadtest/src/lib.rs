@@ -6,4 +6,5 @@
 
 pub mod client;
 pub mod demo;
+pub mod dnsbl;
 pub mod sink;

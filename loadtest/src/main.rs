@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use mxgate_loadtest::dnsbl;
 use mxgate_loadtest::sink::{Sink, SinkConfig};
 use std::net::SocketAddr;
 
@@ -19,6 +20,14 @@ struct Cli {
 enum Command {
     /// Start the sink MTA and mxgate on loopback, play a few senders, show what mxgate decided.
     Demo,
+    /// Serve DNS list zones on a loopback UDP port until Ctrl-C: the built-in test zones
+    /// (zen.spamhaus.org, list.dnswl.org) or `--zone NAME=FILE` (rbldnsd ip4set data).
+    Dnsbl {
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        listen: SocketAddr,
+        #[arg(long = "zone")]
+        zones: Vec<String>,
+    },
     /// Run the sink MTA until Ctrl-C, then print what each session delivered.
     Sink {
         #[arg(long, default_value = "127.0.0.1:10025")]
@@ -33,6 +42,35 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => mxgate_loadtest::demo::run().await?,
+        Command::Dnsbl { listen, zones } => {
+            let zones = if zones.is_empty() {
+                dnsbl::demo_zones()
+                    .into_iter()
+                    .map(|(n, z)| (n.to_owned(), z))
+                    .collect()
+            } else {
+                let mut loaded = Vec::new();
+                for spec in zones {
+                    let (name, file) = spec
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--zone {spec:?}: write NAME=FILE"))?;
+                    let data = std::fs::read_to_string(file)?;
+                    let zone =
+                        dnsbl::Zone::parse(&data).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                    loaded.push((name.to_owned(), zone));
+                }
+                loaded
+            };
+            let server = dnsbl::DnsblServer::start_on(
+                listen,
+                zones.iter().map(|(n, z)| (n.as_str(), z.clone())).collect(),
+            )
+            .await?;
+            eprintln!("DNS lists on {} (UDP)", server.addr());
+            tokio::signal::ctrl_c().await?;
+            eprintln!("{} queries answered", server.queries());
+            server.stop().await;
+        }
         Command::Sink { listen, proxy } => {
             let mut config = SinkConfig::loopback();
             config.listen = listen;

@@ -1,10 +1,19 @@
 //! Admission: the decision taken for each connection before the backend is involved.
 //!
-//! A decision is a value. Until reputation scoring lands, every client is in the policy's default
-//! class, and the class's action decides.
+//! A decision is a value. Static CIDR rules come first (first match wins, no DNS); otherwise the
+//! DNS lists' weighted terms add up to a score, the score picks a class, and the class's action
+//! decides. The verdict keeps every reason, for the log line and `mxgate explain`.
+
+mod explain;
+
+pub use explain::{log_fields, render};
 
 use crate::policy::{Action, Policy};
+use crate::reputation::dnsbl::lists::{DnsLists, Term, ZoneResult};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// What to do with a new connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +44,50 @@ impl Decision {
     }
 }
 
+/// The decision and every reason behind it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub ip: IpAddr,
+    pub decision: Decision,
+    pub score: i32,
+    /// The static rule that matched (index into `Policy::rules`), if any: then no DNS was asked.
+    pub rule: Option<usize>,
+    pub dns: Vec<ZoneResult>,
+    pub terms: Vec<Term>,
+    pub elapsed: Duration,
+}
+
 /// Decides for a client at `ip`.
-pub fn decide(policy: &Policy, ip: IpAddr) -> Decision {
-    let class = policy.default_class;
+pub async fn assess(policy: &Policy, lists: &Arc<DnsLists>, ip: IpAddr) -> Verdict {
+    let started = Instant::now();
+    let ip = crate::reputation::dnsbl::query::normalize(ip);
+    let rule = policy.rules.iter().position(|r| r.net.contains(&ip));
+    let (class, score, dns, terms) = match rule {
+        Some(i) => (policy.rules[i].class, 0, Vec::new(), Vec::new()),
+        None => {
+            let dns = if lists.is_empty() {
+                Vec::new()
+            } else {
+                lists.evaluate(ip).await
+            };
+            let terms = lists.terms(&dns);
+            let score = terms.iter().map(|t| t.weight).sum();
+            (policy.class_for_score(score), score, dns, terms)
+        }
+    };
+    Verdict {
+        ip,
+        decision: decision_for(policy, class, ip),
+        score,
+        rule,
+        dns,
+        terms,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The class's action as a decision, with the class's reply texts.
+pub fn decision_for(policy: &Policy, class: usize, ip: IpAddr) -> Decision {
     let c = policy.class(class);
     let host = &policy.server.hostname;
     match c.action {

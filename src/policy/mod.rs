@@ -8,8 +8,10 @@ mod schema;
 mod validate;
 
 pub use error::{line_col, PolicyError, PolicyIssue};
-pub use schema::{Action, ClientAddressMode};
-pub use validate::{BackendPolicy, ClassPolicy, Policy, ServerPolicy, SessionPolicy};
+pub use schema::{Action, ClientAddressMode, RuleAction};
+pub use validate::{
+    BackendPolicy, ClassPolicy, DnsPolicy, Policy, ServerPolicy, SessionPolicy, StaticRule,
+};
 
 use std::path::Path;
 

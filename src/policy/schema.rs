@@ -17,9 +17,103 @@ pub struct PolicyFile {
     pub tls: Option<TlsSection>,
     #[serde(default)]
     pub session: SessionSection,
-    pub admission: AdmissionSection,
+    #[serde(default)]
+    pub dns: DnsSection,
+    /// Static CIDR rules, first match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSection>,
     #[serde(rename = "class")]
     pub classes: Vec<ClassSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// The recursive resolver to ask ("ip:port"); default: the system's (/etc/resolv.conf).
+    pub resolver: Option<SocketAddr>,
+    /// Longest a decision waits for the DNS lists.
+    #[serde(default = "millis::<500>", with = "humantime_serde")]
+    pub budget: Duration,
+    /// Longest one query may run; past the budget it still fills the cache.
+    #[serde(default = "secs::<5>", with = "humantime_serde")]
+    pub query_timeout: Duration,
+    #[serde(default = "secs::<60>", with = "humantime_serde")]
+    pub cache_min_ttl: Duration,
+    #[serde(default = "secs::<3600>", with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
+    pub self_test_interval: Duration,
+    /// postscreen_dnsbl_sites form: "zone[=filter][*weight]".
+    #[serde(default)]
+    pub sites: Vec<Spanned<String>>,
+    #[serde(default, rename = "list")]
+    pub lists: Vec<ListSection>,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            resolver: None,
+            budget: millis::<500>(),
+            query_timeout: secs::<5>(),
+            cache_min_ttl: secs::<60>(),
+            cache_max_ttl: secs::<3600>(),
+            cache_entries: default_cache_entries(),
+            self_test_interval: secs::<300>(),
+            sites: Vec::new(),
+            lists: Vec::new(),
+        }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    100_000
+}
+fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+
+/// One weighted DNS list entry as a table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSection {
+    pub zone: Spanned<String>,
+    /// Return codes that count: one filter or several ("127.0.0.[10;11]"); default: any.
+    pub codes: Option<Spanned<Codes>>,
+    #[serde(default = "one")]
+    pub weight: i32,
+    /// Name in logs and explain ("SBL", "PBL", "DNSWL").
+    pub name: Option<String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Codes {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Straight to the rule's class (default: the first, best class), no DNS lookups.
+    Allow,
+    /// Straight to the rule's class (default: the last, worst class), no DNS lookups.
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub cidr: Spanned<ipnet::IpNet>,
+    pub action: RuleAction,
+    pub class: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,13 +233,6 @@ fn default_max_junk() -> u32 {
     10
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdmissionSection {
-    /// The class every connection is put in until reputation scoring chooses one.
-    pub default_class: Spanned<String>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -158,6 +245,9 @@ pub enum Action {
 #[serde(deny_unknown_fields)]
 pub struct ClassSection {
     pub name: Spanned<String>,
+    /// The class takes scores up to this (inclusive); classes are tried in order. Without it, any
+    /// score (only the last class may leave it out).
+    pub max_score: Option<Spanned<i32>>,
     #[serde(default = "default_action")]
     pub action: Action,
     /// Deliveries after which the next MAIL gets 421 (advertised as LIMITS MAILMAX, RFC 9422).

@@ -1,7 +1,10 @@
 //! Turns a parsed policy file into the checked `Policy`, collecting every problem with its place.
 
 use super::error::{PolicyError, PolicyIssue};
-use super::schema::{Action, ClientAddressMode, PolicyFile};
+use super::schema::{Action, ClientAddressMode, Codes, DnsSection, PolicyFile, RuleAction};
+use crate::reputation::dnsbl::cache::TtlBounds;
+use crate::reputation::dnsbl::filter::{normalize_zone, parse_site, CodeFilter};
+use crate::reputation::dnsbl::lists::{DnsListsConfig, ListEntry};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,8 +20,25 @@ pub struct Policy {
     /// The TLS configuration offered with STARTTLS, if a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub classes: Vec<ClassPolicy>,
-    /// Index into `classes` of the class used until scoring picks one.
-    pub default_class: usize,
+    /// Each class's max_score, in class order (None: any score).
+    pub thresholds: Vec<Option<i32>>,
+    pub rules: Vec<StaticRule>,
+    pub dns: DnsPolicy,
+}
+
+/// A static CIDR rule: clients in `net` go straight to `class`, without DNS lookups.
+#[derive(Debug, Clone)]
+pub struct StaticRule {
+    pub net: ipnet::IpNet,
+    pub action: RuleAction,
+    pub class: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsPolicy {
+    pub resolver: Option<SocketAddr>,
+    pub self_test_interval: Duration,
+    pub lists: DnsListsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +81,83 @@ pub struct ClassPolicy {
 impl Policy {
     pub fn class(&self, index: usize) -> &ClassPolicy {
         &self.classes[index]
+    }
+
+    /// The class for `score`: the first whose max_score is at least the score, else the last.
+    pub fn class_for_score(&self, score: i32) -> usize {
+        self.thresholds
+            .iter()
+            .position(|max| max.is_none_or(|m| score <= m))
+            .unwrap_or(self.classes.len().saturating_sub(1))
+    }
+}
+
+fn validate_dns(dns: &DnsSection, check: &mut Checker<'_>) -> DnsPolicy {
+    let mut entries = Vec::new();
+    for site in &dns.sites {
+        match parse_site(site.get_ref()) {
+            Ok(spec) => entries.push(ListEntry {
+                zone: Arc::from(spec.zone),
+                filters: spec.filter.into_iter().collect(),
+                weight: spec.weight,
+                name: None,
+            }),
+            Err(e) => check.error(Some(site.span()), e),
+        }
+    }
+    for list in &dns.lists {
+        let zone = match normalize_zone(list.zone.get_ref()) {
+            Ok(zone) => zone,
+            Err(e) => {
+                check.error(Some(list.zone.span()), e);
+                continue;
+            }
+        };
+        let patterns: Vec<&String> = match list.codes.as_ref().map(|c| c.get_ref()) {
+            None => Vec::new(),
+            Some(Codes::One(p)) => vec![p],
+            Some(Codes::Many(ps)) => ps.iter().collect(),
+        };
+        let mut filters = Vec::new();
+        for pattern in patterns {
+            match CodeFilter::parse(pattern) {
+                Ok(f) => filters.push(f),
+                Err(e) => check.error(list.codes.as_ref().map(|c| c.span()), e),
+            }
+        }
+        entries.push(ListEntry {
+            zone: Arc::from(zone),
+            filters,
+            weight: list.weight,
+            name: list.name.clone(),
+        });
+    }
+    if dns.budget.is_zero() || dns.budget > Duration::from_secs(30) {
+        check.error(
+            None,
+            format!("dns.budget = {:?} must be between 1ms and 30s", dns.budget),
+        );
+    }
+    if dns.cache_min_ttl > dns.cache_max_ttl {
+        check.error(
+            None,
+            "dns.cache_min_ttl is longer than dns.cache_max_ttl".into(),
+        );
+    }
+    DnsPolicy {
+        resolver: dns.resolver,
+        self_test_interval: dns.self_test_interval,
+        lists: DnsListsConfig {
+            entries,
+            budget: dns.budget,
+            query_timeout: dns.query_timeout.max(dns.budget),
+            ttl: TtlBounds {
+                min: dns.cache_min_ttl,
+                max: dns.cache_max_ttl,
+                failure: dns.cache_min_ttl.min(Duration::from_secs(10)),
+            },
+            cache_entries: dns.cache_entries,
+        },
     }
 }
 
@@ -168,22 +265,52 @@ pub(super) fn validate(
     if classes.is_empty() {
         check.error(None, "no [[class]] is defined: define at least one".into());
     }
-    let default_name = file.admission.default_class.get_ref();
-    let default_class = match by_name.get(default_name) {
-        Some(&i) => i,
-        None => {
-            let known: Vec<&str> = classes.iter().map(|c| c.name.as_str()).collect();
-            check.error(
-                Some(file.admission.default_class.span()),
-                format!(
-                    "admission.default_class {default_name:?} is not a defined class (defined: {})",
-                    known.join(", ")
-                ),
-            );
-            0
+    // Classes are tried in order: thresholds must rise, and only the last may take every score.
+    let mut previous: Option<i32> = None;
+    for (i, class) in file.classes.iter().enumerate() {
+        match &class.max_score {
+            Some(max) => {
+                if previous.is_some_and(|p| *max.get_ref() <= p) {
+                    check.error(Some(max.span()), format!("max_score = {} does not rise above the previous class's ({}); list classes from best to worst", max.get_ref(), previous.unwrap_or_default()));
+                }
+                previous = Some(*max.get_ref());
+            }
+            None if i + 1 < file.classes.len() => check.error(Some(class.name.span()), format!("class {:?} has no max_score but is not the last class: the classes after it could never be chosen", class.name.get_ref())),
+            None => {}
         }
-    };
+    }
+    let thresholds: Vec<Option<i32>> = file
+        .classes
+        .iter()
+        .map(|c| c.max_score.as_ref().map(|m| *m.get_ref()))
+        .collect();
 
+    let mut rules = Vec::with_capacity(file.rules.len());
+    for rule in &file.rules {
+        let class = match &rule.class {
+            Some(name) => match by_name.get(name.get_ref()) {
+                Some(&i) => i,
+                None => {
+                    check.error(
+                        Some(name.span()),
+                        format!("rule class {:?} is not a defined class", name.get_ref()),
+                    );
+                    0
+                }
+            },
+            None => match rule.action {
+                RuleAction::Allow => 0,
+                RuleAction::Deny => classes.len().saturating_sub(1),
+            },
+        };
+        rules.push(super::StaticRule {
+            net: *rule.cidr.get_ref(),
+            action: rule.action,
+            class,
+        });
+    }
+
+    let dns = validate_dns(&file.dns, &mut check);
     let tls = file.tls.as_ref().and_then(|tls| {
         let resolve = |p: &PathBuf| match base_dir {
             Some(dir) if p.is_relative() => dir.join(p),
@@ -233,6 +360,8 @@ pub(super) fn validate(
         },
         tls,
         classes,
-        default_class,
+        thresholds,
+        rules,
+        dns,
     })
 }

@@ -12,6 +12,7 @@ pub const RECIPIENTS_OVER_CAP: &str = "mxgate_recipients_refused_total";
 pub const BACKEND_CONNECT_FAILURES: &str = "mxgate_backend_connect_failures_total";
 pub const TLS_HANDSHAKES: &str = "mxgate_tls_handshakes_total";
 pub const SESSION_SECONDS: &str = "mxgate_session_duration_seconds";
+pub const DECISION_SECONDS: &str = "mxgate_decision_duration_seconds";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {addr}: {reason}")]
@@ -57,11 +58,33 @@ pub fn install(admin: Option<SocketAddr>) -> Result<(), TelemetryError> {
         "STARTTLS handshakes, by result (ok, failed)."
     );
     describe_histogram!(SESSION_SECONDS, "Duration of relayed sessions.");
+    describe_histogram!(
+        DECISION_SECONDS,
+        "Time to decide on a connection (rules, DNS lists within the budget)."
+    );
+    describe_counter!("mxgate_dnsbl_lookups_total", "DNS list queries by zone and result (listed, not_listed, timeout, servfail, refused, error, late).");
+    describe_histogram!(
+        "mxgate_dnsbl_lookup_seconds",
+        "DNS list query latency by zone."
+    );
+    describe_counter!(
+        "mxgate_dnsbl_errors_total",
+        "DNS list answers that were errors (never listings), by zone."
+    );
+    describe_counter!(
+        "mxgate_dnsbl_cache_total",
+        "DNS list cache lookups by result (hit, miss)."
+    );
+    metrics::describe_gauge!(
+        "mxgate_dnsbl_list_usable",
+        "1 while a DNS list passes its self-test and is used for scoring."
+    );
     Ok(())
 }
 
-pub fn decision(class: &str, outcome: &'static str) {
+pub fn decision(class: &str, outcome: &'static str, seconds: f64) {
     counter!(DECISIONS, "class" => class.to_owned(), "outcome" => outcome).increment(1);
+    histogram!(DECISION_SECONDS).record(seconds);
 }
 
 pub fn session_ended(end: &'static str, deliveries: u32, recipients_over_cap: u32, seconds: f64) {

@@ -38,9 +38,6 @@ connect_timeout = "2s"
 [session]
 {session_extra}
 
-[admission]
-default_class = "neutral"
-
 [[class]]
 name = "neutral"
 {class_extra}

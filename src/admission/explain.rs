@@ -1,0 +1,123 @@
+//! Words for a verdict: the multi-line text of `mxgate explain` and the fields of the decision log line.
+
+use super::{Decision, Verdict};
+use crate::policy::{Policy, RuleAction};
+use crate::reputation::dnsbl::lists::{Outcome, Term};
+use std::fmt::Write;
+
+fn term_label(t: &Term) -> String {
+    format!(
+        "{}{}={}{:+}",
+        t.name
+            .as_deref()
+            .map(|n| format!("{n}:"))
+            .unwrap_or_default(),
+        t.zone,
+        t.code,
+        t.weight
+    )
+}
+
+/// Compact reasons for the decision log line: `rule=...` or the DNS terms, e.g.
+/// `PBL:zen.spamhaus.org=127.0.0.10+3`.
+pub fn log_fields(policy: &Policy, verdict: &Verdict) -> String {
+    if let Some(i) = verdict.rule {
+        return format!("rule:{}", policy.rules[i].net);
+    }
+    if verdict.terms.is_empty() {
+        return "none".to_owned();
+    }
+    verdict
+        .terms
+        .iter()
+        .map(term_label)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The full explanation printed by `mxgate explain`.
+pub fn render(policy: &Policy, verdict: &Verdict) -> String {
+    let class = policy.class(verdict.decision.class());
+    let mut out = String::new();
+    let _ = writeln!(out, "client    {}", verdict.ip);
+    let _ = writeln!(
+        out,
+        "decision  {} (class {}, score {})",
+        verdict.decision.outcome(),
+        class.name,
+        verdict.score
+    );
+    match verdict.rule {
+        Some(i) => {
+            let rule = &policy.rules[i];
+            let action = match rule.action {
+                RuleAction::Allow => "allow",
+                RuleAction::Deny => "deny",
+            };
+            let _ = writeln!(
+                out,
+                "rule      #{} {} {} -> class {} (no DNS lookups)",
+                i + 1,
+                action,
+                rule.net,
+                class.name
+            );
+        }
+        None => {
+            let _ = writeln!(out, "rule      none matched");
+        }
+    }
+    for (i, result) in verdict.dns.iter().enumerate() {
+        let head = if i == 0 { "dns" } else { "" };
+        let what = match &result.outcome {
+            Outcome::Listed(codes) => format!(
+                "listed {}",
+                codes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Outcome::NotListed => "not listed".to_owned(),
+            Outcome::Error(e) => format!("error ({e}): counts as not listed"),
+            Outcome::Late => "no answer within the budget: counts as not listed".to_owned(),
+            Outcome::Unusable => "left out: its self-test has not passed".to_owned(),
+        };
+        let freshness = match (&result.outcome, result.cached) {
+            (Outcome::Late | Outcome::Unusable, _) => String::new(),
+            (_, true) => format!("  cached, ttl {}s left", result.ttl_left.as_secs()),
+            (_, false) => format!("  fresh, ttl {}s", result.ttl_left.as_secs()),
+        };
+        let _ = writeln!(out, "{head:<9} {:<24} {what}{freshness}", result.zone);
+    }
+    if verdict.rule.is_none() {
+        if verdict.terms.is_empty() {
+            let _ = writeln!(out, "terms     none (score 0)");
+        }
+        for (i, t) in verdict.terms.iter().enumerate() {
+            let head = if i == 0 { "terms" } else { "" };
+            let name = t.name.as_deref().unwrap_or("-");
+            let _ = writeln!(
+                out,
+                "{head:<9} {:+4}  {:<6} {} answered {}",
+                t.weight, name, t.zone, t.code
+            );
+        }
+    }
+    let reply = match &verdict.decision {
+        Decision::Admit { .. } => format!(
+            "relayed to the backend; {} messages per session, {} recipients per message",
+            class.messages_per_session, class.recipients_per_message
+        ),
+        Decision::Defer { reply, .. } | Decision::Reject { reply, .. } => {
+            reply.trim_end().to_owned()
+        }
+    };
+    let _ = writeln!(out, "reply     {reply}");
+    let _ = writeln!(
+        out,
+        "took      {:.1} ms",
+        verdict.elapsed.as_secs_f64() * 1000.0
+    );
+    out
+}

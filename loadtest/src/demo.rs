@@ -1,7 +1,9 @@
-//! The demo: starts the sink MTA and the `mxgate` binary (embedded default policy) on loopback, plays a
-//! few senders from their own 127.x addresses, and shows what mxgate decided and what arrived.
+//! The demo: starts the sink MTA, a DNS list server and the `mxgate` binary (embedded default
+//! policy) on loopback, plays a few senders from their own 127.x addresses, and shows what mxgate
+//! decided and what arrived.
 
 use crate::client::SmtpClient;
+use crate::dnsbl::{demo_zones, DnsblServer};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
@@ -116,12 +118,50 @@ pub async fn run() -> anyhow::Result<()> {
     })
     .await?;
     println!("sink MTA on {} (expects a PROXY v2 header)", sink.addr());
+    let dns = DnsblServer::start(demo_zones()).await?;
+    println!(
+        "DNS lists on {} (test zones for zen.spamhaus.org and list.dnswl.org)",
+        dns.addr()
+    );
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let gate = MxgateProcess::start(listen, sink.addr(), &["--backend-proxy", "v2"]).await?;
-    println!("mxgate on {listen}, embedded default policy: 10 messages per session, 100 recipients per message\n");
+    let resolver = dns.addr().to_string();
+    let gate = MxgateProcess::start(
+        listen,
+        sink.addr(),
+        &["--backend-proxy", "v2", "--resolver", &resolver],
+    )
+    .await?;
+    println!("mxgate on {listen}, embedded default policy\n");
 
-    println!("1. A person at 127.0.0.2 sends one message.");
-    let mut person = SmtpClient::connect(listen, Some(ip("127.0.0.2"))).await?;
+    println!("0. Senders the DNS lists know about.");
+    for (source, who) in [
+        ("127.0.1.2", "SBL-listed spammer"),
+        ("127.0.1.4", "XBL-listed infected host"),
+        ("127.0.1.10", "PBL-listed dynamic address"),
+        ("127.0.2.1", "DNSWL-listed sender"),
+    ] {
+        let mut client = SmtpClient::connect(listen, Some(ip(source))).await?;
+        let first = client.read_reply().await?;
+        let shown = if first.code == 220 {
+            let ehlo = client.command("EHLO sender.example").await?;
+            let limits = ehlo
+                .text
+                .lines()
+                .find(|l| l.contains("LIMITS"))
+                .unwrap_or("")
+                .get(4..)
+                .unwrap_or("");
+            client.command("QUIT").await?;
+            format!("admitted, {limits}")
+        } else {
+            first.to_string()
+        };
+        println!("   {source:<11} {who:<27} -> {shown}");
+    }
+    println!();
+
+    println!("1. A person at 127.0.3.2 sends one message.");
+    let mut person = SmtpClient::connect(listen, Some(ip("127.0.3.2"))).await?;
     println!("   greeting: {}", person.read_reply().await?);
     let ehlo = person.command("EHLO person.example").await?;
     let limits = ehlo
@@ -145,8 +185,8 @@ pub async fn run() -> anyhow::Result<()> {
     );
     person.command("QUIT").await?;
 
-    println!("\n2. A bulk sender at 127.0.0.3 pushes 12 messages down one connection.");
-    let mut bulk = SmtpClient::connect(listen, Some(ip("127.0.0.3"))).await?;
+    println!("\n2. A bulk sender at 127.0.3.3 pushes 12 messages down one connection.");
+    let mut bulk = SmtpClient::connect(listen, Some(ip("127.0.3.3"))).await?;
     bulk.read_reply().await?;
     bulk.command("EHLO bulk.example").await?;
     let mut sent = 0;
@@ -165,7 +205,7 @@ pub async fn run() -> anyhow::Result<()> {
         sent += 1;
     }
     println!("   {sent} accepted in that session; the sender must reconnect and compete for a slot again.");
-    let mut again = SmtpClient::connect(listen, Some(ip("127.0.0.3"))).await?;
+    let mut again = SmtpClient::connect(listen, Some(ip("127.0.3.3"))).await?;
     again.read_reply().await?;
     again.command("EHLO bulk.example").await?;
     for _ in sent..12 {
@@ -180,8 +220,8 @@ pub async fn run() -> anyhow::Result<()> {
     again.command("QUIT").await?;
     println!("   reconnected and sent the remaining {}.", 12 - sent);
 
-    println!("\n3. A sender at 127.0.0.4 addresses one message to 102 recipients.");
-    let mut many = SmtpClient::connect(listen, Some(ip("127.0.0.4"))).await?;
+    println!("\n3. A sender at 127.0.3.4 addresses one message to 102 recipients.");
+    let mut many = SmtpClient::connect(listen, Some(ip("127.0.3.4"))).await?;
     many.read_reply().await?;
     many.command("EHLO many.example").await?;
     many.command("MAIL FROM:<list@many.example>").await?;
@@ -199,8 +239,8 @@ pub async fn run() -> anyhow::Result<()> {
     }
     many.command("QUIT").await?;
 
-    println!("\n4. A port scanner at 127.0.0.5 sends junk.");
-    let mut junk = SmtpClient::connect(listen, Some(ip("127.0.0.5"))).await?;
+    println!("\n4. A port scanner at 127.0.3.5 sends junk.");
+    let mut junk = SmtpClient::connect(listen, Some(ip("127.0.3.5"))).await?;
     junk.read_reply().await?;
     println!("   \"HELLO?\" -> {}", junk.command("HELLO?").await?);
     println!(
@@ -209,6 +249,7 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     gate.stop().await?;
+    dns.stop().await;
     let _ = sink
         .wait_until(Duration::from_secs(5), |_, s| s.iter().all(|s| s.ended))
         .await;

@@ -138,7 +138,7 @@ impl Server {
         }
         for listener in self.listeners {
             let local = listener.local_addr().ok();
-            tracing::info!(listen = ?local, backend = %self.policy.backend.address, "listening");
+            tracing::info!(target: "mxgate::startup", listen = ?local, backend = %self.policy.backend.address, "listening");
             tracker.spawn(accept_loop(
                 listener,
                 self.policy.clone(),

@@ -39,14 +39,40 @@ pub struct MxgateProcess {
 }
 
 impl MxgateProcess {
-    /// Starts `mxgate run` with `args` added, and waits until it listens.
+    /// Starts `mxgate run` with `args` added, echoes its log, and waits until it listens.
     pub async fn start(
         listen: SocketAddr,
         backend: SocketAddr,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(listen, backend, args, true).await
+    }
+
+    /// Like `start`, with only warnings logged and nothing echoed (for measurements).
+    pub async fn start_quiet(
+        listen: SocketAddr,
+        backend: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(listen, backend, args, false).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn spawn(
+        listen: SocketAddr,
+        backend: SocketAddr,
+        args: &[&str],
+        echo: bool,
+    ) -> anyhow::Result<Self> {
         let bin = mxgate_binary()?;
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if !echo {
+            command.env("MXGATE_LOG", "warn,mxgate::startup=info");
+        }
+        let mut child = command
             .arg("run")
             .args([
                 "--listen",
@@ -67,7 +93,9 @@ impl MxgateProcess {
                 if line.contains("listening") {
                     let _ = ready_tx.try_send(());
                 }
-                println!("  mxgate | {line}");
+                if echo {
+                    println!("  mxgate | {line}");
+                }
             }
         });
         tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())

@@ -7,4 +7,5 @@
 pub mod client;
 pub mod demo;
 pub mod dnsbl;
+pub mod refusals;
 pub mod sink;

@@ -28,6 +28,8 @@ enum Command {
         #[arg(long = "zone")]
         zones: Vec<String>,
     },
+    /// Measure refusals per second: listed senders flood mxgate (embedded default policy, warm cache).
+    Refusals(mxgate_loadtest::refusals::RefusalOptions),
     /// Run the sink MTA until Ctrl-C, then print what each session delivered.
     Sink {
         #[arg(long, default_value = "127.0.0.1:10025")]
@@ -42,6 +44,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => mxgate_loadtest::demo::run().await?,
+        Command::Refusals(opts) => mxgate_loadtest::refusals::run(opts).await?,
         Command::Dnsbl { listen, zones } => {
             let zones = if zones.is_empty() {
                 dnsbl::demo_zones()

@@ -51,6 +51,7 @@ fn transaction(c: &mut Criterion) {
         max_command_line: 2048,
         max_junk_commands: 10,
         tls_available: false,
+        teaser_sent: false,
     };
     let steps: Vec<(bool, &[u8])> = vec![
         (false, b"220 backend ESMTP\r\n"),

@@ -1,7 +1,7 @@
 //! The server: listeners, the admission decision for each connection, session tasks, and a graceful
 //! shutdown that lets transactions in progress finish.
 
-use crate::admission::{assess, log_fields, Decision};
+use crate::admission::{assess, log_fields, matching_rule, pregreet, Decision};
 use crate::policy::Policy;
 use crate::reputation::dnsbl::lists::DnsLists;
 use crate::reputation::dnsbl::lookup::{DnsLookup, HickoryLookup, NoLookup, ResolverError};
@@ -196,7 +196,7 @@ async fn accept_loop(
 }
 
 async fn handle(
-    stream: TcpStream,
+    mut stream: TcpStream,
     client_addr: SocketAddr,
     local_addr: SocketAddr,
     policy: Arc<Policy>,
@@ -204,7 +204,37 @@ async fn handle(
     shutdown: CancellationToken,
 ) {
     let client_addr = crate::net::backend::canonical(client_addr);
-    let verdict = assess(&policy, &lists, client_addr.ip()).await;
+    let ip = client_addr.ip();
+    // The early-talker test runs while the DNS lists are asked; clients a static rule covers skip it.
+    let (verdict, greeting) = match policy.pregreet {
+        Some(test) if matching_rule(&policy, ip).is_none() => {
+            let hostname = &policy.server.hostname;
+            let (verdict, watched) = tokio::join!(
+                assess(&policy, &lists, ip),
+                pregreet::watch(&mut stream, hostname, test.delay)
+            );
+            let Ok(watched) = watched else {
+                tracing::debug!(client = %ip, "client left during the greeting delay");
+                return;
+            };
+            let verdict = match watched.early {
+                true => verdict.with_early_talker(&policy, test.weight),
+                false => verdict,
+            };
+            (
+                verdict,
+                Greeting::Started {
+                    early_input: watched.input,
+                },
+            )
+        }
+        _ => (assess(&policy, &lists, ip).await, Greeting::NotStarted),
+    };
+    let teaser_sent = matches!(greeting, Greeting::Started { .. });
+    let greeting_end = || match teaser_sent {
+        true => pregreet::greeting_end(&policy.server.hostname),
+        false => String::new(),
+    };
     let decision = verdict.decision.clone();
     let class = &policy.class(decision.class()).name;
     tracing::info!(
@@ -219,12 +249,18 @@ async fn handle(
     telemetry::decision(class, decision.outcome(), verdict.elapsed.as_secs_f64());
     match decision {
         Decision::Admit { class: class_index } => {
+            let early_input = match greeting {
+                Greeting::Started { early_input } => early_input,
+                Greeting::NotStarted => Default::default(),
+            };
             let setup = SessionSetup {
                 policy: policy.clone(),
                 class: class_index,
                 client_addr,
                 local_addr,
                 shutdown,
+                teaser_sent,
+                early_input,
             };
             let report = driver::run(stream, setup).await;
             telemetry::session_ended(
@@ -245,6 +281,8 @@ async fn handle(
             );
         }
         Decision::Defer { reply, .. } => {
+            // After a teaser the greeting is finished first; the 421 then ends the session.
+            let reply = greeting_end() + &reply;
             refuse::defer(stream, &reply, policy.session.idle_timeout).await
         }
         Decision::Reject { reply, .. } => {
@@ -253,7 +291,13 @@ async fn handle(
                 max_command_line: policy.session.max_command_line,
                 max_commands: policy.session.max_junk_commands,
             };
-            refuse::reject(stream, &reply, limits).await
+            refuse::reject(stream, &reply, teaser_sent.then(greeting_end), limits).await
         }
     }
+}
+
+/// Whether mxgate has begun the greeting with its pregreet teaser.
+enum Greeting {
+    NotStarted,
+    Started { early_input: bytes::BytesMut },
 }

@@ -90,8 +90,14 @@ pub fn render(policy: &Policy, verdict: &Verdict) -> String {
         };
         let _ = writeln!(out, "{head:<9} {:<24} {what}{freshness}", result.zone);
     }
+    if let Some(weight) = verdict.early_talker {
+        let _ = writeln!(
+            out,
+            "pregreet  {weight:+4}  the client talked before the greeting was complete"
+        );
+    }
     if verdict.rule.is_none() {
-        if verdict.terms.is_empty() {
+        if verdict.terms.is_empty() && verdict.early_talker.is_none() {
             let _ = writeln!(out, "terms     none (score 0)");
         }
         for (i, t) in verdict.terms.iter().enumerate() {

@@ -5,6 +5,7 @@
 //! decides. The verdict keeps every reason, for the log line and `mxgate explain`.
 
 mod explain;
+pub mod pregreet;
 
 pub use explain::{log_fields, render};
 
@@ -54,14 +55,33 @@ pub struct Verdict {
     pub rule: Option<usize>,
     pub dns: Vec<ZoneResult>,
     pub terms: Vec<Term>,
+    /// The weight added because the client talked before the greeting was complete.
+    pub early_talker: Option<i32>,
     pub elapsed: Duration,
+}
+
+impl Verdict {
+    /// Adds the early-talker weight and decides again.
+    pub fn with_early_talker(mut self, policy: &Policy, weight: i32) -> Verdict {
+        self.early_talker = Some(weight);
+        self.score += weight;
+        let class = policy.class_for_score(self.score);
+        self.decision = decision_for(policy, class, self.ip);
+        self
+    }
+}
+
+/// The static rule that covers `ip`, if any (first match wins).
+pub fn matching_rule(policy: &Policy, ip: IpAddr) -> Option<usize> {
+    let ip = crate::reputation::dnsbl::query::normalize(ip);
+    policy.rules.iter().position(|r| r.net.contains(&ip))
 }
 
 /// Decides for a client at `ip`.
 pub async fn assess(policy: &Policy, lists: &Arc<DnsLists>, ip: IpAddr) -> Verdict {
     let started = Instant::now();
     let ip = crate::reputation::dnsbl::query::normalize(ip);
-    let rule = policy.rules.iter().position(|r| r.net.contains(&ip));
+    let rule = matching_rule(policy, ip);
     let (class, score, dns, terms) = match rule {
         Some(i) => (policy.rules[i].class, 0, Vec::new(), Vec::new()),
         None => {
@@ -82,6 +102,7 @@ pub async fn assess(policy: &Policy, lists: &Arc<DnsLists>, ip: IpAddr) -> Verdi
         rule,
         dns,
         terms,
+        early_talker: None,
         elapsed: started.elapsed(),
     }
 }

@@ -19,11 +19,41 @@ pub struct PolicyFile {
     pub session: SessionSection,
     #[serde(default)]
     pub dns: DnsSection,
+    #[serde(default)]
+    pub pregreet: PregreetSection,
     /// Static CIDR rules, first match wins.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleSection>,
     #[serde(rename = "class")]
     pub classes: Vec<ClassSection>,
+}
+
+/// The early-talker test (postscreen's pregreet): off by default, since it delays every greeting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PregreetSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long mxgate waits after its `220-` teaser before it lets the greeting finish.
+    #[serde(default = "secs::<2>", with = "humantime_serde")]
+    pub delay: Duration,
+    /// Added to the score of a client that speaks before the greeting is complete.
+    #[serde(default = "default_pregreet_weight")]
+    pub weight: i32,
+}
+
+impl Default for PregreetSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            delay: secs::<2>(),
+            weight: default_pregreet_weight(),
+        }
+    }
+}
+
+fn default_pregreet_weight() -> i32 {
+    5
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,14 @@ pub struct Policy {
     pub thresholds: Vec<Option<i32>>,
     pub rules: Vec<StaticRule>,
     pub dns: DnsPolicy,
+    /// The early-talker test: `Some` when enabled.
+    pub pregreet: Option<PregreetPolicy>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PregreetPolicy {
+    pub delay: Duration,
+    pub weight: i32,
 }
 
 /// A static CIDR rule: clients in `net` go straight to `class`, without DNS lookups.
@@ -311,6 +319,17 @@ pub(super) fn validate(
     }
 
     let dns = validate_dns(&file.dns, &mut check);
+    if file.pregreet.enabled
+        && (file.pregreet.delay.is_zero() || file.pregreet.delay > Duration::from_secs(30))
+    {
+        check.error(
+            None,
+            format!(
+                "pregreet.delay = {:?} must be between 1ms and 30s (postscreen's greet wait is 6s)",
+                file.pregreet.delay
+            ),
+        );
+    }
     let tls = file.tls.as_ref().and_then(|tls| {
         let resolve = |p: &PathBuf| match base_dir {
             Some(dir) if p.is_relative() => dir.join(p),
@@ -363,5 +382,9 @@ pub(super) fn validate(
         thresholds,
         rules,
         dns,
+        pregreet: file.pregreet.enabled.then_some(PregreetPolicy {
+            delay: file.pregreet.delay,
+            weight: file.pregreet.weight,
+        }),
     })
 }

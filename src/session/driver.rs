@@ -24,6 +24,10 @@ pub struct SessionSetup {
     pub client_addr: SocketAddr,
     pub local_addr: SocketAddr,
     pub shutdown: CancellationToken,
+    /// The greeting was begun with mxgate's `220-` teaser (pregreet test).
+    pub teaser_sent: bool,
+    /// What the client sent during the pregreet test: its first commands.
+    pub early_input: BytesMut,
 }
 
 /// How the session went, for the log line and the metrics.
@@ -75,10 +79,12 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
         Err(e) => {
             telemetry::backend_connect_failed();
             tracing::warn!(client = %setup.client_addr, error = %e, "backend unavailable");
-            let reply = format!(
-                "421 4.3.2 {} Service temporarily unavailable\r\n",
-                policy.server.hostname
-            );
+            let host = &policy.server.hostname;
+            let finish = match setup.teaser_sent {
+                true => crate::admission::pregreet::greeting_end(host),
+                false => String::new(),
+            };
+            let reply = format!("{finish}421 4.3.2 {host} Service temporarily unavailable\r\n");
             let _ = timeout(
                 policy.session.idle_timeout,
                 client.write_all(reply.as_bytes()),
@@ -101,6 +107,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
         max_command_line: policy.session.max_command_line,
         max_junk_commands: policy.session.max_junk_commands,
         tls_available: policy.tls.is_some(),
+        teaser_sent: setup.teaser_sent,
     });
     let timeouts = Timeouts {
         idle: policy.session.idle_timeout,
@@ -112,7 +119,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
     let mut link = Link {
         backend: backend.stream,
         backend_in: backend.pending_input,
-        client_in: BytesMut::with_capacity(READ_CHUNK),
+        client_in: setup.early_input,
     };
     let mut grace_deadline = None;
 

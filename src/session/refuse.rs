@@ -1,5 +1,6 @@
 //! Sessions mxgate answers alone, without a backend: a deferred client gets its 421 and is closed; a
 //! rejected one gets its 554 and then 503 to every command but QUIT (RFC 5321 3.1), until it leaves.
+//! After a pregreet teaser the greeting is finished with 220 first.
 
 use super::codec::{parse_command, scan_line, LineScan, Verb};
 use bytes::{Buf, BytesMut};
@@ -20,15 +21,26 @@ pub struct RejectLimits {
     pub max_commands: u32,
 }
 
-/// Writes the 554 greeting, then answers 503 to all but QUIT.
-pub async fn reject(mut client: TcpStream, reply: &str, limits: RejectLimits) {
+/// Writes the 554 greeting, then answers 503 to all but QUIT. When the greeting was begun with a
+/// `220-` teaser, it is finished with `greeting_end` instead and every command but QUIT gets the 554.
+pub async fn reject(
+    mut client: TcpStream,
+    reply: &str,
+    greeting_end: Option<String>,
+    limits: RejectLimits,
+) {
     let mut buf = BytesMut::with_capacity(1024);
-    if timeout(limits.idle_timeout, client.write_all(reply.as_bytes()))
-        .await
-        .is_err()
-    {
+    let first = greeting_end.as_deref().unwrap_or(reply);
+    if !matches!(
+        timeout(limits.idle_timeout, client.write_all(first.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
+    let refusal: &[u8] = match greeting_end {
+        Some(_) => reply.as_bytes(),
+        None => b"503 5.7.0 Error: access denied\r\n",
+    };
     let mut commands = 0;
     while commands < limits.max_commands {
         match scan_line(&buf, limits.max_command_line) {
@@ -36,11 +48,7 @@ pub async fn reject(mut client: TcpStream, reply: &str, limits: RejectLimits) {
                 let quit = matches!(parse_command(&buf[..len]), Ok(c) if c.verb == Verb::Quit);
                 buf.advance(len);
                 commands += 1;
-                let answer: &[u8] = if quit {
-                    b"221 2.0.0 Bye\r\n"
-                } else {
-                    b"503 5.7.0 Error: access denied\r\n"
-                };
+                let answer: &[u8] = if quit { b"221 2.0.0 Bye\r\n" } else { refusal };
                 if !matches!(
                     timeout(limits.idle_timeout, client.write_all(answer)).await,
                     Ok(Ok(()))

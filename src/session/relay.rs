@@ -23,6 +23,8 @@ pub struct RelayConfig {
     pub max_junk_commands: u32,
     /// Whether STARTTLS is offered (a certificate is configured).
     pub tls_available: bool,
+    /// mxgate began the greeting with a `220-` teaser: the backend's greeting must end it.
+    pub teaser_sent: bool,
 }
 
 /// Replies in flight to the backend are bounded, so a client that never reads cannot make mxgate
@@ -475,6 +477,14 @@ impl Relay {
             self.backend_awaited -= 1;
             let positive = reply.is_positive_completion();
             match expect {
+                Expect::Greeting if self.config.teaser_sent && reply.code != 220 => {
+                    // A refusing backend cannot end a 220- greeting: finish it, then say why.
+                    let host = &self.config.hostname;
+                    let text = format!("220 {host} ESMTP\r\n");
+                    out.to_client.extend_from_slice(text.as_bytes());
+                    self.backend_failed(EndReason::BackendClosed, out);
+                    return;
+                }
                 Expect::Greeting => self.greeted = true,
                 Expect::Ehlo if positive => {
                     let offer = EhloOffer {

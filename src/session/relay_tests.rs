@@ -24,6 +24,7 @@ fn config() -> RelayConfig {
         max_command_line: 512,
         max_junk_commands: 3,
         tls_available: true,
+        teaser_sent: false,
     }
 }
 
@@ -407,4 +408,26 @@ fn shutdown_deadline_mid_body() {
 fn bare_lf_commands_are_normalised() {
     let mut h = Harness::ready();
     assert_eq!(h.client("NOOP\n").to_backend, "NOOP\r\n");
+}
+
+#[test]
+fn teaser_then_refusing_backend_finishes_the_greeting() {
+    let mut h = Harness::with(RelayConfig {
+        teaser_sent: true,
+        ..config()
+    });
+    let s = h.backend("554 5.3.2 backend busy\r\n");
+    assert_eq!(
+        s.to_client,
+        "220 mx.test ESMTP\r\n421 4.3.2 mx.test Service temporarily unavailable\r\n"
+    );
+    assert_eq!(s.action, Some(Action::Close));
+    let mut ok = Harness::with(RelayConfig {
+        teaser_sent: true,
+        ..config()
+    });
+    assert_eq!(
+        ok.backend("220 backend ESMTP\r\n").to_client,
+        "220 backend ESMTP\r\n"
+    );
 }

@@ -198,13 +198,19 @@ fn run(policy: Policy) -> anyhow::Result<()> {
         .build()
         .context("cannot start the main runtime")?;
     let lists = main_runtime.block_on(server::dns_lists(&policy))?;
+    let admission = mxgate::admission::gate::AdmissionState::new(&policy);
     let workers = policy.server.workers;
     let sets = server::bind_per_worker(&policy.server.listen, workers)?;
     let policy = Arc::new(policy);
     let shutdown = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers);
     for (i, listeners) in sets.into_iter().enumerate() {
-        let (policy, lists, shutdown) = (policy.clone(), lists.clone(), shutdown.clone());
+        let (policy, lists, admission, shutdown) = (
+            policy.clone(),
+            lists.clone(),
+            admission.clone(),
+            shutdown.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("mxgate-worker-{i}"))
             .spawn(move || -> std::io::Result<()> {
@@ -213,7 +219,7 @@ fn run(policy: Policy) -> anyhow::Result<()> {
                     .enable_all()
                     .build()?;
                 runtime.block_on(async {
-                    Server::from_std(listeners, policy, lists)?
+                    Server::from_std(listeners, policy, lists, admission)?
                         .run(shutdown)
                         .await;
                     Ok(())
@@ -223,13 +229,12 @@ fn run(policy: Policy) -> anyhow::Result<()> {
         threads.push(thread);
     }
     main_runtime.block_on(async {
-        if !lists.is_empty() {
-            tokio::spawn(
-                lists
-                    .clone()
-                    .self_test_every(policy.dns.self_test_interval, shutdown.clone()),
-            );
-        }
+        tokio::spawn(server::housekeeping(
+            policy.clone(),
+            lists.clone(),
+            admission.clone(),
+            shutdown.clone(),
+        ));
         stop_on_signal(shutdown).await;
     });
     for thread in threads {

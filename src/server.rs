@@ -1,6 +1,7 @@
 //! The server: listeners, the admission decision for each connection, session tasks, and a graceful
 //! shutdown that lets transactions in progress finish.
 
+use crate::admission::gate::AdmissionState;
 use crate::admission::{assess, log_fields, matching_rule, pregreet, Decision};
 use crate::policy::Policy;
 use crate::reputation::dnsbl::lists::DnsLists;
@@ -44,8 +45,29 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     policy: Arc<Policy>,
     lists: Arc<DnsLists>,
-    /// Whether this server runs the periodic DNS list self-test (one per process, not per worker).
-    runs_self_test: bool,
+    admission: Arc<AdmissionState>,
+    /// Whether this server runs the periodic DNS list self-test and rate pruning (once per process,
+    /// not per worker).
+    runs_housekeeping: bool,
+}
+
+/// Once per process: the DNS lists' self-test and the pruning of idle rate state.
+pub async fn housekeeping(
+    policy: Arc<Policy>,
+    lists: Arc<DnsLists>,
+    admission: Arc<AdmissionState>,
+    shutdown: CancellationToken,
+) {
+    if !lists.is_empty() {
+        tokio::spawn(lists.self_test_every(policy.dns.self_test_interval, shutdown.clone()));
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(crate::admission::rate::PRUNE_EVERY) => {}
+        }
+        admission.prune();
+    }
 }
 
 /// Binds each address `workers` times with SO_REUSEPORT, so that one single-threaded runtime per core
@@ -89,11 +111,13 @@ impl Server {
                 .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(listener);
         }
+        let admission = AdmissionState::new(&policy);
         Ok(Server {
             listeners,
             policy: Arc::new(policy),
             lists,
-            runs_self_test: true,
+            admission,
+            runs_housekeeping: true,
         })
     }
 
@@ -103,6 +127,7 @@ impl Server {
         listeners: Vec<std::net::TcpListener>,
         policy: Arc<Policy>,
         lists: Arc<DnsLists>,
+        admission: Arc<AdmissionState>,
     ) -> io::Result<Server> {
         let listeners = listeners
             .into_iter()
@@ -112,8 +137,20 @@ impl Server {
             listeners,
             policy,
             lists,
-            runs_self_test: false,
+            admission,
+            runs_housekeeping: false,
         })
+    }
+
+    /// The admission state (slot pool, limits) this server decides with.
+    pub fn admission(&self) -> Arc<AdmissionState> {
+        self.admission.clone()
+    }
+
+    /// Replaces the admission state, e.g. with one on a controlled clock (tests).
+    pub fn with_admission(mut self, admission: Arc<AdmissionState>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// The addresses actually bound (port 0 in the policy becomes a real port).
@@ -128,13 +165,13 @@ impl Server {
     /// and a few seconds for their 421).
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        if self.runs_self_test && !self.lists.is_empty() {
-            let interval = self.policy.dns.self_test_interval;
-            tokio::spawn(
-                self.lists
-                    .clone()
-                    .self_test_every(interval, shutdown.clone()),
-            );
+        if self.runs_housekeeping {
+            tokio::spawn(housekeeping(
+                self.policy.clone(),
+                self.lists.clone(),
+                self.admission.clone(),
+                shutdown.clone(),
+            ));
         }
         for listener in self.listeners {
             let local = listener.local_addr().ok();
@@ -143,6 +180,7 @@ impl Server {
                 listener,
                 self.policy.clone(),
                 self.lists.clone(),
+                self.admission.clone(),
                 tracker.clone(),
                 shutdown.clone(),
             ));
@@ -166,6 +204,7 @@ async fn accept_loop(
     listener: TcpListener,
     policy: Arc<Policy>,
     lists: Arc<DnsLists>,
+    admission: Arc<AdmissionState>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -183,6 +222,7 @@ async fn accept_loop(
                     local_addr,
                     policy.clone(),
                     lists.clone(),
+                    admission.clone(),
                     shutdown.clone(),
                 ));
             }
@@ -201,6 +241,7 @@ async fn handle(
     local_addr: SocketAddr,
     policy: Arc<Policy>,
     lists: Arc<DnsLists>,
+    admission: Arc<AdmissionState>,
     shutdown: CancellationToken,
 ) {
     let client_addr = crate::net::backend::canonical(client_addr);
@@ -235,20 +276,46 @@ async fn handle(
         true => pregreet::greeting_end(&policy.server.hostname),
         false => String::new(),
     };
+    // Classes that are admitted must still find a slot and stay within the per-address limits.
     let decision = verdict.decision.clone();
     let class = &policy.class(decision.class()).name;
+    let admitted = match decision {
+        Decision::Admit { class } => Some(admission.admit(&policy, class, ip)),
+        _ => None,
+    };
+    let (action, limit) = match &admitted {
+        Some(Ok(_)) | None => (decision.outcome(), ""),
+        Some(Err(refusal)) => ("defer", refusal.as_str()),
+    };
     tracing::info!(
-        client = %client_addr.ip(),
+        client = %ip,
         class = %class,
-        action = decision.outcome(),
+        action,
+        limit,
         score = verdict.score,
         reasons = %log_fields(&policy, &verdict),
+        slots = admission.slots().in_use(),
+        capacity = admission.slots().capacity(),
         decision_us = verdict.elapsed.as_micros() as u64,
         "decision"
     );
-    telemetry::decision(class, decision.outcome(), verdict.elapsed.as_secs_f64());
+    telemetry::decision(class, action, verdict.elapsed.as_secs_f64());
+    let decision = match admitted {
+        Some(Err(refusal)) => Decision::Defer {
+            class: decision.class(),
+            reply: refusal.reply(&policy.server.hostname),
+        },
+        _ => decision,
+    };
+    let mut permit = match admitted {
+        Some(Ok(permit)) => Some(permit),
+        _ => None,
+    };
     match decision {
         Decision::Admit { class: class_index } => {
+            let Some(permit) = permit.take() else {
+                return;
+            };
             let early_input = match greeting {
                 Greeting::Started { early_input } => early_input,
                 Greeting::NotStarted => Default::default(),
@@ -261,12 +328,16 @@ async fn handle(
                 shutdown,
                 teaser_sent,
                 early_input,
+                permit,
+                recipient_gate: admission.recipient_gate(class_index, ip),
             };
             let report = driver::run(stream, setup).await;
+            admission.record_release(&policy, class_index);
             telemetry::session_ended(
                 report.end.as_str(),
                 report.deliveries,
                 report.recipients_over_cap,
+                report.recipients_over_rate,
                 report.duration.as_secs_f64(),
             );
             tracing::info!(

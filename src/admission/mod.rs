@@ -4,8 +4,12 @@
 //! DNS lists' weighted terms add up to a score, the score picks a class, and the class's action
 //! decides. The verdict keeps every reason, for the log line and `mxgate explain`.
 
+pub mod concurrency;
 mod explain;
+pub mod gate;
 pub mod pregreet;
+pub mod rate;
+pub mod slots;
 
 pub use explain::{log_fields, render};
 

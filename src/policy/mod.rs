@@ -10,8 +10,8 @@ mod validate;
 pub use error::{line_col, PolicyError, PolicyIssue};
 pub use schema::{Action, ClientAddressMode, RuleAction};
 pub use validate::{
-    BackendPolicy, ClassPolicy, DnsPolicy, Policy, PregreetPolicy, ServerPolicy, SessionPolicy,
-    StaticRule,
+    AdmissionPolicy, BackendPolicy, ClassPolicy, DnsPolicy, Policy, PregreetPolicy, ServerPolicy,
+    SessionPolicy, StaticRule,
 };
 
 use std::path::Path;

@@ -21,11 +21,79 @@ pub struct PolicyFile {
     pub dns: DnsSection,
     #[serde(default)]
     pub pregreet: PregreetSection,
+    #[serde(default)]
+    pub admission: AdmissionSection,
     /// Static CIDR rules, first match wins.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleSection>,
     #[serde(rename = "class")]
     pub classes: Vec<ClassSection>,
+}
+
+/// The slot pool and the limits per client address and network prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// Sessions the backend can hold at once (Postfix: default_process_limit, 100).
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    #[serde(default = "default_prefix_v4")]
+    pub prefix_v4: u8,
+    #[serde(default = "default_prefix_v6")]
+    pub prefix_v6: u8,
+    /// Concurrent sessions per prefix; 0: no limit.
+    #[serde(default)]
+    pub connections_per_prefix: usize,
+    /// New connections per client address ("30/m"); none: no limit.
+    pub connection_rate_per_ip: Option<Spanned<String>>,
+    /// New connections per prefix; none: no limit.
+    pub connection_rate_per_prefix: Option<Spanned<String>>,
+    /// Addresses (and prefixes) whose rates are tracked at most; idle ones are pruned every minute.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked_addresses: usize,
+    /// Occupancy (0..1) above which new sessions get the stress limits.
+    #[serde(default = "default_stress_threshold")]
+    pub stress_threshold: Spanned<f64>,
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
+    pub stress_idle_timeout: Duration,
+    #[serde(default = "default_stress_messages")]
+    pub stress_messages_per_session: u32,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        Self {
+            slots: default_slots(),
+            prefix_v4: default_prefix_v4(),
+            prefix_v6: default_prefix_v6(),
+            connections_per_prefix: 0,
+            connection_rate_per_ip: None,
+            connection_rate_per_prefix: None,
+            max_tracked_addresses: default_max_tracked(),
+            stress_threshold: default_stress_threshold(),
+            stress_idle_timeout: secs::<30>(),
+            stress_messages_per_session: default_stress_messages(),
+        }
+    }
+}
+
+fn default_slots() -> usize {
+    100
+}
+fn default_prefix_v4() -> u8 {
+    24
+}
+fn default_prefix_v6() -> u8 {
+    64
+}
+fn default_max_tracked() -> usize {
+    100_000
+}
+fn default_stress_threshold() -> Spanned<f64> {
+    Spanned::new(0..0, 0.8)
+}
+fn default_stress_messages() -> u32 {
+    3
 }
 
 /// The early-talker test (postscreen's pregreet): off by default, since it delays every greeting.
@@ -280,6 +348,13 @@ pub struct ClassSection {
     pub max_score: Option<Spanned<i32>>,
     #[serde(default = "default_action")]
     pub action: Action,
+    /// Occupancy of the slot pool (0..1) up to which this class is admitted; default 1.0.
+    pub max_share: Option<Spanned<f64>>,
+    /// Concurrent sessions per client address; 0: no limit.
+    #[serde(default = "default_connections_per_ip")]
+    pub connections_per_ip: usize,
+    /// Recipients per second/minute/hour per client address across its sessions ("6/s").
+    pub recipient_rate: Option<Spanned<String>>,
     /// Deliveries after which the next MAIL gets 421 (advertised as LIMITS MAILMAX, RFC 9422).
     #[serde(default = "default_messages_per_session")]
     pub messages_per_session: Spanned<u32>,
@@ -290,6 +365,10 @@ pub struct ClassSection {
     pub defer_text: Option<String>,
     /// Text of the 554 sent to a rejected client (after `554 5.7.1 <hostname> `).
     pub reject_text: Option<String>,
+}
+
+fn default_connections_per_ip() -> usize {
+    10
 }
 
 fn default_action() -> Action {

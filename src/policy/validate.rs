@@ -1,15 +1,20 @@
 //! Turns a parsed policy file into the checked `Policy`, collecting every problem with its place.
 
 use super::error::{PolicyError, PolicyIssue};
-use super::schema::{Action, ClientAddressMode, Codes, DnsSection, PolicyFile, RuleAction};
+use super::schema::{
+    Action, AdmissionSection, ClientAddressMode, Codes, DnsSection, PolicyFile, RuleAction,
+};
+use crate::admission::rate::parse_rate;
 use crate::reputation::dnsbl::cache::TtlBounds;
 use crate::reputation::dnsbl::filter::{normalize_zone, parse_site, CodeFilter};
 use crate::reputation::dnsbl::lists::{DnsListsConfig, ListEntry};
+use governor::Quota;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use toml::Spanned;
 
 /// A validated policy, ready to run.
 #[derive(Debug, Clone)]
@@ -24,8 +29,23 @@ pub struct Policy {
     pub thresholds: Vec<Option<i32>>,
     pub rules: Vec<StaticRule>,
     pub dns: DnsPolicy,
+    pub admission: AdmissionPolicy,
     /// The early-talker test: `Some` when enabled.
     pub pregreet: Option<PregreetPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdmissionPolicy {
+    pub slots: usize,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub connections_per_prefix: usize,
+    pub connection_rate_per_ip: Option<Quota>,
+    pub connection_rate_per_prefix: Option<Quota>,
+    pub max_tracked_addresses: usize,
+    pub stress_threshold: f64,
+    pub stress_idle_timeout: Duration,
+    pub stress_messages_per_session: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +100,9 @@ pub struct SessionPolicy {
 pub struct ClassPolicy {
     pub name: String,
     pub action: Action,
+    pub max_share: f64,
+    pub connections_per_ip: usize,
+    pub recipient_rate: Option<Quota>,
     pub messages_per_session: u32,
     pub recipients_per_message: u32,
     pub defer_text: String,
@@ -97,6 +120,53 @@ impl Policy {
             .iter()
             .position(|max| max.is_none_or(|m| score <= m))
             .unwrap_or(self.classes.len().saturating_sub(1))
+    }
+}
+
+fn validate_admission(a: &AdmissionSection, check: &mut Checker<'_>) -> AdmissionPolicy {
+    if a.slots == 0 {
+        check.error(
+            None,
+            "admission.slots must be at least 1: the sessions the backend can hold".into(),
+        );
+    }
+    if a.prefix_v4 > 32 || a.prefix_v6 > 128 {
+        check.error(
+            None,
+            format!(
+                "admission.prefix_v4 = {} / prefix_v6 = {}: at most 32 / 128",
+                a.prefix_v4, a.prefix_v6
+            ),
+        );
+    }
+    if !(0.0..=1.0).contains(a.stress_threshold.get_ref()) {
+        check.error(
+            Some(a.stress_threshold.span()),
+            "stress_threshold must be between 0 and 1 (a share of the slot pool)".into(),
+        );
+    }
+    let mut rate = |r: &Option<Spanned<String>>| {
+        r.as_ref().and_then(|r| match parse_rate(r.get_ref()) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                check.error(Some(r.span()), e);
+                None
+            }
+        })
+    };
+    let connection_rate_per_ip = rate(&a.connection_rate_per_ip);
+    let connection_rate_per_prefix = rate(&a.connection_rate_per_prefix);
+    AdmissionPolicy {
+        slots: a.slots,
+        prefix_v4: a.prefix_v4,
+        prefix_v6: a.prefix_v6,
+        connections_per_prefix: a.connections_per_prefix,
+        connection_rate_per_ip,
+        connection_rate_per_prefix,
+        max_tracked_addresses: a.max_tracked_addresses.max(1),
+        stress_threshold: *a.stress_threshold.get_ref(),
+        stress_idle_timeout: a.stress_idle_timeout,
+        stress_messages_per_session: a.stress_messages_per_session.max(1),
     }
 }
 
@@ -255,9 +325,35 @@ pub(super) fn validate(
                     .into(),
             );
         }
+        let max_share = class.max_share.as_ref().map_or(1.0, |s| *s.get_ref());
+        if let Some(share) = &class.max_share {
+            if !(0.0..=1.0).contains(share.get_ref()) {
+                check.error(
+                    Some(share.span()),
+                    format!(
+                        "max_share = {} must be between 0 and 1 (a share of the slot pool)",
+                        share.get_ref()
+                    ),
+                );
+            }
+        }
+        let recipient_rate =
+            class
+                .recipient_rate
+                .as_ref()
+                .and_then(|r| match parse_rate(r.get_ref()) {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        check.error(Some(r.span()), e);
+                        None
+                    }
+                });
         classes.push(super::ClassPolicy {
             name: name.clone(),
             action: class.action,
+            max_share,
+            connections_per_ip: class.connections_per_ip,
+            recipient_rate,
             messages_per_session: *class.messages_per_session.get_ref(),
             recipients_per_message: *class.recipients_per_message.get_ref(),
             defer_text: class
@@ -319,6 +415,7 @@ pub(super) fn validate(
     }
 
     let dns = validate_dns(&file.dns, &mut check);
+    let admission = validate_admission(&file.admission, &mut check);
     if file.pregreet.enabled
         && (file.pregreet.delay.is_zero() || file.pregreet.delay > Duration::from_secs(30))
     {
@@ -382,6 +479,7 @@ pub(super) fn validate(
         thresholds,
         rules,
         dns,
+        admission,
         pregreet: file.pregreet.enabled.then_some(PregreetPolicy {
             delay: file.pregreet.delay,
             weight: file.pregreet.weight,

@@ -2,6 +2,7 @@
 //! what it asks for, enforces the timeouts and upgrades the client to TLS on STARTTLS.
 
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
+use crate::admission::gate::AdmissionPermit;
 use crate::net::backend;
 use crate::policy::{ClassPolicy, Policy};
 use crate::telemetry;
@@ -28,6 +29,10 @@ pub struct SessionSetup {
     pub teaser_sent: bool,
     /// What the client sent during the pregreet test: its first commands.
     pub early_input: BytesMut,
+    /// The slot and places this session holds; released when the session ends, however it ends.
+    pub permit: AdmissionPermit,
+    /// The client's recipient rate allowance, shared with its other sessions.
+    pub recipient_gate: Option<Box<dyn FnMut() -> bool + Send>>,
 }
 
 /// How the session went, for the log line and the metrics.
@@ -37,6 +42,7 @@ pub struct SessionReport {
     pub deliveries: u32,
     pub recipients: u32,
     pub recipients_over_cap: u32,
+    pub recipients_over_rate: u32,
     pub tls: bool,
     pub duration: Duration,
 }
@@ -62,7 +68,7 @@ enum Next {
 }
 
 /// Relays one admitted client to the backend until the session ends.
-pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
+pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionReport {
     let started = Instant::now();
     let policy = &setup.policy;
     let class: &ClassPolicy = policy.class(setup.class);
@@ -95,22 +101,35 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
                 deliveries: 0,
                 recipients: 0,
                 recipients_over_cap: 0,
+                recipients_over_rate: 0,
                 tls: false,
                 duration: started.elapsed(),
             };
         }
     };
+    // Under stress (the pool past its threshold when this session was admitted), stricter limits.
+    let stress = &policy.admission;
+    let (messages_per_session, idle_timeout) = match setup.permit.stressed {
+        true => (
+            class
+                .messages_per_session
+                .min(stress.stress_messages_per_session),
+            policy.session.idle_timeout.min(stress.stress_idle_timeout),
+        ),
+        false => (class.messages_per_session, policy.session.idle_timeout),
+    };
     let mut relay = Relay::new(RelayConfig {
         hostname: policy.server.hostname.clone(),
-        messages_per_session: class.messages_per_session,
+        messages_per_session,
         recipients_per_message: class.recipients_per_message,
         max_command_line: policy.session.max_command_line,
         max_junk_commands: policy.session.max_junk_commands,
         tls_available: policy.tls.is_some(),
         teaser_sent: setup.teaser_sent,
-    });
+    })
+    .with_recipient_gate(setup.recipient_gate.take());
     let timeouts = Timeouts {
-        idle: policy.session.idle_timeout,
+        idle: idle_timeout,
         reply: policy.backend.reply_timeout,
         data_reply: policy.backend.data_reply_timeout,
         grace: policy.session.shutdown_grace,
@@ -172,6 +191,7 @@ pub async fn run(mut client: TcpStream, setup: SessionSetup) -> SessionReport {
         deliveries: stats.deliveries,
         recipients: stats.recipients,
         recipients_over_cap: stats.recipients_refused_by_cap,
+        recipients_over_rate: stats.recipients_deferred_by_rate,
         tls: relay.tls_active(),
         duration: started.elapsed(),
     }

@@ -141,6 +141,7 @@ pub struct SessionStats {
     pub deliveries: u32,
     pub recipients: u32,
     pub recipients_refused_by_cap: u32,
+    pub recipients_deferred_by_rate: u32,
     pub junk: u32,
     pub bytes_relayed: u64,
 }
@@ -164,6 +165,8 @@ pub struct Relay {
     backend_said_goodbye: bool,
     end: Option<EndReason>,
     stats: SessionStats,
+    /// Spends one recipient of the client's rate allowance; false: over the rate.
+    recipient_gate: Option<Box<dyn FnMut() -> bool + Send>>,
 }
 
 impl Relay {
@@ -188,7 +191,15 @@ impl Relay {
             backend_said_goodbye: false,
             end: None,
             stats: SessionStats::default(),
+            recipient_gate: None,
         }
+    }
+
+    /// Limits recipients by a rate shared with the client's other sessions: a RCPT over the rate
+    /// gets 451 and the session goes on.
+    pub fn with_recipient_gate(mut self, gate: Option<Box<dyn FnMut() -> bool + Send>>) -> Self {
+        self.recipient_gate = gate;
+        self
     }
 
     pub fn stats(&self) -> &SessionStats {
@@ -409,6 +420,16 @@ impl Relay {
             self.stats.recipients_refused_by_cap += 1;
             self.reply(b"452 4.5.3 Error: too many recipients\r\n".to_vec(), out);
             return Flow::Consumed;
+        }
+        if let Some(allow) = self.recipient_gate.as_mut() {
+            if !allow() {
+                self.stats.recipients_deferred_by_rate += 1;
+                self.reply(
+                    b"451 4.7.1 Recipient rate limit exceeded, try again later\r\n".to_vec(),
+                    out,
+                );
+                return Flow::Consumed;
+            }
         }
         self.rcpts_awaited += 1;
         self.forward(cmd, Expect::Rcpt, out);

@@ -87,7 +87,17 @@ pub fn decision(class: &str, outcome: &'static str, seconds: f64) {
     histogram!(DECISION_SECONDS).record(seconds);
 }
 
-pub fn session_ended(end: &'static str, deliveries: u32, recipients_over_cap: u32, seconds: f64) {
+pub fn session_ended(
+    end: &'static str,
+    deliveries: u32,
+    recipients_over_cap: u32,
+    recipients_over_rate: u32,
+    seconds: f64,
+) {
+    if recipients_over_rate > 0 {
+        counter!(RECIPIENTS_OVER_CAP, "reason" => "rate")
+            .increment(u64::from(recipients_over_rate));
+    }
     counter!(SESSIONS_ENDED, "end" => end).increment(1);
     if deliveries > 0 {
         counter!(DELIVERIES).increment(u64::from(deliveries));

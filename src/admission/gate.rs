@@ -1,0 +1,185 @@
+//! The shared admission state every worker consults after scoring: the slot pool with per-class
+//! shares, concurrent sessions and connection rates per address and prefix, recipient rates per
+//! address, and stress mode. What it grants is owned by the session and released on drop.
+
+use super::concurrency::{prefix_of, Concurrency, ConcurrencyGuard};
+use super::rate::{Gcra, KeyedRate};
+use super::slots::{SlotPermit, SlotPool};
+use crate::policy::Policy;
+use governor::clock::{Clock, DefaultClock};
+use ipnet::IpNet;
+use metrics::{counter, gauge};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Why an admitted class was still turned away (all answered with 421).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    ConnectionRate,
+    TooManyConnections,
+    PoolFull,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ConnectionRate => "connection_rate",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::PoolFull => "slots_full",
+        }
+    }
+
+    pub fn reply(self, host: &str) -> String {
+        match self {
+            Refusal::ConnectionRate => {
+                format!("421 4.7.0 {host} Connection rate limit exceeded\r\n")
+            }
+            Refusal::TooManyConnections => format!("421 4.7.0 {host} Too many connections\r\n"),
+            Refusal::PoolFull => format!("421 4.3.2 {host} All server ports are busy\r\n"),
+        }
+    }
+}
+
+/// What an admitted session holds: its slot and its places in the per-address and per-prefix
+/// counts. Dropping it gives them all back.
+pub struct AdmissionPermit {
+    _slot: SlotPermit,
+    _ip: ConcurrencyGuard,
+    _prefix: ConcurrencyGuard,
+    /// Admitted while occupancy was past the stress threshold: stricter limits apply.
+    pub stressed: bool,
+    /// Slots in use when this one was taken (this one included).
+    pub occupancy: usize,
+}
+
+type Rate<K> = Arc<dyn KeyedRate<K>>;
+
+pub struct AdmissionState {
+    slots: Arc<SlotPool>,
+    per_ip: Arc<Concurrency>,
+    per_prefix: Arc<Concurrency>,
+    ip_rate: Option<Rate<IpNet>>,
+    prefix_rate: Option<Rate<IpNet>>,
+    /// Per class: recipients per address across its sessions.
+    recipient_rates: Vec<Option<Rate<IpAddr>>>,
+}
+
+impl AdmissionState {
+    pub fn new(policy: &Policy) -> Arc<Self> {
+        Self::with_clock(policy, DefaultClock::default())
+    }
+
+    /// With a controlled clock for the rates (tests use governor's `FakeRelativeClock`).
+    pub fn with_clock<C>(policy: &Policy, clock: C) -> Arc<Self>
+    where
+        C: Clock + Clone + Send + Sync + 'static,
+        C::Instant: Send + Sync,
+    {
+        let a = &policy.admission;
+        let cap = a.max_tracked_addresses;
+        let keyed = |quota: Option<governor::Quota>| -> Option<Rate<IpNet>> {
+            quota.map(|q| Arc::new(Gcra::new(q, clock.clone(), cap)) as Rate<IpNet>)
+        };
+        let recipient_rates = policy
+            .classes
+            .iter()
+            .map(|c| {
+                c.recipient_rate
+                    .map(|q| Arc::new(Gcra::new(q, clock.clone(), cap)) as Rate<IpAddr>)
+            })
+            .collect();
+        gauge!("mxgate_slots_capacity").set(a.slots as f64);
+        Arc::new(Self {
+            slots: SlotPool::new(a.slots, policy.classes.len()),
+            per_ip: Concurrency::new(),
+            per_prefix: Concurrency::new(),
+            ip_rate: keyed(a.connection_rate_per_ip),
+            prefix_rate: keyed(a.connection_rate_per_prefix),
+            recipient_rates,
+        })
+    }
+
+    pub fn slots(&self) -> &Arc<SlotPool> {
+        &self.slots
+    }
+
+    /// Open sessions from `ip` (for explain and tests).
+    pub fn sessions_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.open(&IpNet::from(ip))
+    }
+
+    /// Grants a session to an admitted client of `class`, or says which limit refuses it.
+    /// Rates count every attempt; the concurrency and slot checks hold places only when all pass.
+    pub fn admit(
+        &self,
+        policy: &Policy,
+        class: usize,
+        ip: IpAddr,
+    ) -> Result<AdmissionPermit, Refusal> {
+        let a = &policy.admission;
+        let c = policy.class(class);
+        let prefix = prefix_of(ip, a.prefix_v4, a.prefix_v6);
+        let refuse = |r: Refusal| {
+            counter!("mxgate_limit_refusals_total", "limit" => r.as_str()).increment(1);
+            Err(r)
+        };
+        let over_rate =
+            |rate: &Option<Rate<IpNet>>, key: IpNet| rate.as_ref().is_some_and(|r| !r.allow(&key));
+        if over_rate(&self.ip_rate, IpNet::from(ip)) || over_rate(&self.prefix_rate, prefix) {
+            return refuse(Refusal::ConnectionRate);
+        }
+        let Some(ip_guard) = self.per_ip.try_enter(IpNet::from(ip), c.connections_per_ip) else {
+            return refuse(Refusal::TooManyConnections);
+        };
+        let Some(prefix_guard) = self.per_prefix.try_enter(prefix, a.connections_per_prefix) else {
+            return refuse(Refusal::TooManyConnections);
+        };
+        let stressed = self.slots.occupancy() >= a.stress_threshold;
+        let Some(slot) = self.slots.try_acquire(class, c.max_share) else {
+            return refuse(Refusal::PoolFull);
+        };
+        let occupancy = self.slots.in_use();
+        gauge!("mxgate_slots_in_use", "class" => c.name.clone())
+            .set(self.slots.in_use_by(class) as f64);
+        if stressed {
+            counter!("mxgate_stress_sessions_total").increment(1);
+        }
+        gauge!("mxgate_stress").set(if stressed { 1.0 } else { 0.0 });
+        Ok(AdmissionPermit {
+            _slot: slot,
+            _ip: ip_guard,
+            _prefix: prefix_guard,
+            stressed,
+            occupancy,
+        })
+    }
+
+    /// Records a session's end in the occupancy gauge of its class.
+    pub fn record_release(&self, policy: &Policy, class: usize) {
+        gauge!("mxgate_slots_in_use", "class" => policy.class(class).name.clone())
+            .set(self.slots.in_use_by(class) as f64);
+    }
+
+    /// The recipient allowance of `ip` in `class`, shared by all its sessions; `None`: no limit.
+    pub fn recipient_gate(
+        &self,
+        class: usize,
+        ip: IpAddr,
+    ) -> Option<Box<dyn FnMut() -> bool + Send>> {
+        let rate = self.recipient_rates.get(class)?.clone()?;
+        Some(Box::new(move || rate.allow(&ip)))
+    }
+
+    /// Forgets idle rate state (call every minute); returns the keys still tracked.
+    pub fn prune(&self) -> usize {
+        let mut tracked = 0;
+        for rate in [&self.ip_rate, &self.prefix_rate].into_iter().flatten() {
+            tracked += rate.prune();
+        }
+        for rate in self.recipient_rates.iter().flatten() {
+            tracked += rate.prune();
+        }
+        gauge!("mxgate_rate_tracked_keys").set(tracked as f64);
+        tracked
+    }
+}

@@ -284,7 +284,7 @@ async fn handle(
         _ => None,
     };
     let (action, limit) = match &admitted {
-        Some(Ok(_)) | None => (decision.outcome(), ""),
+        Some(Ok(_)) | None => (decision.outcome(), "none"),
         Some(Err(refusal)) => ("defer", refusal.as_str()),
     };
     tracing::info!(

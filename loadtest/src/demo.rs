@@ -213,18 +213,19 @@ pub async fn run() -> anyhow::Result<()> {
     );
     person.command("QUIT").await?;
 
-    println!("\n2. A bulk sender at 127.0.3.3 pushes 12 messages down one connection.");
+    println!(
+        "\n2. A bulk sender at 127.0.3.3 pushes 12 messages down one connection, 5 per second."
+    );
+    let news = b"Subject: news\r\n\r\nBuy.\r\n";
     let mut bulk = SmtpClient::connect(listen, Some(ip("127.0.3.3"))).await?;
     bulk.read_reply().await?;
     bulk.command("EHLO bulk.example").await?;
     let mut sent = 0;
     for n in 1..=12 {
+        // A polite sender paces itself under the 6 recipients per second neutral senders get.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let reply = bulk
-            .send_message(
-                "news@bulk.example",
-                &["reader@mx.example"],
-                b"Subject: news\r\n\r\nBuy.\r\n",
-            )
+            .send_message("news@bulk.example", &["reader@mx.example"], news)
             .await?;
         if reply.code != 250 {
             println!("   message {n}: {reply}");
@@ -237,35 +238,42 @@ pub async fn run() -> anyhow::Result<()> {
     again.read_reply().await?;
     again.command("EHLO bulk.example").await?;
     for _ in sent..12 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
         again
-            .send_message(
-                "news@bulk.example",
-                &["reader@mx.example"],
-                b"Subject: news\r\n\r\nBuy.\r\n",
-            )
+            .send_message("news@bulk.example", &["reader@mx.example"], news)
             .await?;
     }
     again.command("QUIT").await?;
     println!("   reconnected and sent the remaining {}.", 12 - sent);
 
-    println!("\n3. A sender at 127.0.3.4 addresses one message to 102 recipients.");
-    let mut many = SmtpClient::connect(listen, Some(ip("127.0.3.4"))).await?;
-    many.read_reply().await?;
-    many.command("EHLO many.example").await?;
-    many.command("MAIL FROM:<list@many.example>").await?;
-    let mut refused = None;
-    for n in 1..=102 {
-        let reply = many
-            .command(&format!("RCPT TO:<user{n}@mx.example>"))
-            .await?;
-        if reply.code != 250 && refused.is_none() {
-            refused = Some((n, reply));
+    println!(
+        "\n3. Recipients: 20 at once from a neutral sender (6 per second allowed), 102 in one"
+    );
+    println!("   message from an allow-listed one (100 per message allowed).");
+    for (source, count) in [("127.0.3.4", 20), ("127.0.2.2", 102)] {
+        let mut many = SmtpClient::connect(listen, Some(ip(source))).await?;
+        many.read_reply().await?;
+        many.command("EHLO many.example").await?;
+        many.command("MAIL FROM:<list@many.example>").await?;
+        let mut group = String::new();
+        for n in 1..=count {
+            group.push_str(&format!("RCPT TO:<user{n}@mx.example>\r\n"));
         }
+        many.write_raw(group.as_bytes()).await?;
+        let mut accepted = 0;
+        let mut refused: Option<(usize, String)> = None;
+        for n in 1..=count {
+            let reply = many.read_reply().await?;
+            if reply.code == 250 {
+                accepted += 1;
+            } else if refused.is_none() {
+                refused = Some((n, reply.to_string()));
+            }
+        }
+        let (first, reply) = refused.unwrap_or((0, "none".into()));
+        println!("   {source}: {accepted} of {count} accepted; from recipient {first} on: {reply}");
+        many.command("QUIT").await?;
     }
-    if let Some((n, reply)) = refused {
-        println!("   recipient {n} and later: {reply}");
-    }
-    many.command("QUIT").await?;
 
     println!("\n4. A port scanner at 127.0.3.5 sends junk.");
     let mut junk = SmtpClient::connect(listen, Some(ip("127.0.3.5"))).await?;

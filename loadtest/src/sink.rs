@@ -33,6 +33,9 @@ pub struct SinkConfig {
     pub max_size: usize,
     /// Recipients whose local part starts with this are refused with 550 (to test refusals).
     pub reject_rcpt_prefix: Option<String>,
+    /// A RCPT whose local part starts with this makes the sink drop the connection without a
+    /// word, as a crashing MTA would.
+    pub crash_rcpt_prefix: Option<String>,
     /// Longest wait for a command before 421.
     pub idle_timeout: Duration,
 }
@@ -48,6 +51,7 @@ impl SinkConfig {
             keep_bodies: true,
             max_size: 64 * 1024 * 1024,
             reject_rcpt_prefix: None,
+            crash_rcpt_prefix: None,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -237,6 +241,8 @@ enum After {
     Continue,
     StartTls,
     Quit,
+    /// Drop the connection now, replying nothing.
+    Crash,
 }
 
 async fn serve(
@@ -291,7 +297,7 @@ async fn serve(
             converse(&mut tls_stream, &mut buf, &mut session, shared).await?;
             let _ = tls_stream.shutdown().await;
         }
-        After::Quit | After::Continue => {}
+        After::Quit | After::Continue | After::Crash => {}
     }
     Ok(())
 }
@@ -377,6 +383,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 receive_body(stream, buf, session, shared, &mut out).await?;
                 continue;
             }
+            if matches!(after, After::Crash) {
+                return Ok(After::Quit);
+            }
             if !matches!(after, After::Continue) {
                 stream.write_all(&out).await?;
                 return Ok(after);
@@ -457,6 +466,16 @@ fn command(line: &[u8], session: &mut Session, shared: &Shared, out: &mut Vec<u8
             "250 2.1.0 Ok\r\n".into()
         }
         "RCPT" if session.mail_from.is_none() => "503 5.5.1 Error: need MAIL command\r\n".into(),
+        "RCPT"
+            if shared.config.crash_rcpt_prefix.as_deref().is_some_and(|p| {
+                args.trim_start_matches("TO:")
+                    .trim_start_matches('<')
+                    .starts_with(p)
+            }) =>
+        {
+            out.clear();
+            return After::Crash;
+        }
         "RCPT" => {
             let refused = shared
                 .config

@@ -47,6 +47,7 @@ name = "neutral"
 
 pub struct Gate {
     pub addr: SocketAddr,
+    pub admission: Arc<mxgate::admission::gate::AdmissionState>,
     pub shutdown: CancellationToken,
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -55,10 +56,12 @@ impl Gate {
     pub async fn start(policy: Policy) -> Gate {
         let server = Server::bind(policy).await.expect("bind mxgate");
         let addr = server.local_addrs()[0];
+        let admission = server.admission();
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(server.run(shutdown.clone()));
         Gate {
             addr,
+            admission,
             shutdown,
             done,
         }

@@ -110,6 +110,27 @@ pub fn render(policy: &Policy, verdict: &Verdict) -> String {
             );
         }
     }
+    if let Decision::Admit { .. } = verdict.decision {
+        let a = &policy.admission;
+        let limit = super::slots::limit_for(a.slots, class.max_share);
+        let per_ip = match class.connections_per_ip {
+            0 => "no limit".to_owned(),
+            n => n.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "admission needs a slot while fewer than {limit} of {} are in use (max_share {}); sessions per address: {per_ip}",
+            a.slots, class.max_share
+        );
+        if let Some(rate) = class.recipient_rate {
+            let _ = writeln!(
+                out,
+                "          recipients: {} per address, one more every {} ms",
+                rate.burst_size(),
+                rate.replenish_interval().as_millis()
+            );
+        }
+    }
     let reply = match &verdict.decision {
         Decision::Admit { .. } => format!(
             "relayed to the backend; {} messages per session, {} recipients per message",

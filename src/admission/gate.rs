@@ -183,3 +183,142 @@ impl AdmissionState {
         tracked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::time::Duration;
+
+    fn policy() -> Policy {
+        let text = r#"
+[backend]
+address = "127.0.0.1:25"
+[admission]
+slots = 10
+connections_per_prefix = 4
+connection_rate_per_ip = "5/m"
+[[class]]
+name = "trusted"
+max_score = -5
+max_share = 1.0
+connections_per_ip = 0
+[[class]]
+name = "good"
+max_score = -1
+max_share = 0.9
+[[class]]
+name = "neutral"
+max_share = 0.6
+connections_per_ip = 2
+"#;
+        Policy::parse("table", text, None).unwrap()
+    }
+
+    /// Fills the pool to `occupancy` with trusted sessions from distinct prefixes.
+    fn fill(
+        state: &Arc<AdmissionState>,
+        policy: &Policy,
+        occupancy: usize,
+    ) -> Vec<AdmissionPermit> {
+        (0..occupancy)
+            .map(|i| {
+                state
+                    .admit(policy, 0, format!("10.{i}.0.1").parse().unwrap())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn class_by_occupancy() {
+        // (class, occupancy before) -> admitted?
+        let table = [
+            (2, 0, Ok(())),
+            (2, 5, Ok(())),
+            (2, 6, Err(Refusal::PoolFull)),
+            (1, 6, Ok(())),
+            (1, 8, Ok(())),
+            (1, 9, Err(Refusal::PoolFull)),
+            (0, 9, Ok(())),
+            (0, 10, Err(Refusal::PoolFull)),
+        ];
+        for (class, occupancy, expected) in table {
+            let policy = policy();
+            let state = AdmissionState::with_clock(&policy, FakeRelativeClock::default());
+            let _held = fill(&state, &policy, occupancy);
+            let got = state
+                .admit(&policy, class, "192.0.2.1".parse().unwrap())
+                .map(|_| ());
+            assert_eq!(got, expected, "class {class} at {occupancy}/10");
+            assert!(state.slots().in_use() <= 10);
+        }
+    }
+
+    #[test]
+    fn per_address_and_prefix_state() {
+        let policy = policy();
+        let clock = FakeRelativeClock::default();
+        let state = AdmissionState::with_clock(&policy, clock.clone());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // neutral: 2 sessions per address.
+        let a = state.admit(&policy, 2, ip).unwrap();
+        let _b = state.admit(&policy, 2, ip).unwrap();
+        assert_eq!(
+            state.admit(&policy, 2, ip).err(),
+            Some(Refusal::TooManyConnections)
+        );
+        drop(a);
+        // 4 attempts so far (refusals count too); the 5th in the minute passes the rate and meets
+        // the count; the 6th is over the rate.
+        let _c = state.admit(&policy, 2, ip).unwrap();
+        assert_eq!(
+            state.admit(&policy, 2, ip).err(),
+            Some(Refusal::TooManyConnections)
+        );
+        assert_eq!(
+            state.admit(&policy, 2, ip).err(),
+            Some(Refusal::ConnectionRate)
+        );
+        clock.advance(Duration::from_secs(13));
+        assert_eq!(
+            state.admit(&policy, 2, ip).err(),
+            Some(Refusal::TooManyConnections),
+            "rate recovered, count still full"
+        );
+        // The prefix /24 holds 4 sessions at most: two more addresses in it.
+        let _d = state
+            .admit(&policy, 0, "192.0.2.2".parse().unwrap())
+            .unwrap();
+        let _e = state
+            .admit(&policy, 0, "192.0.2.3".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            state.admit(&policy, 0, "192.0.2.4".parse().unwrap()).err(),
+            Some(Refusal::TooManyConnections)
+        );
+        assert!(
+            state
+                .admit(&policy, 0, "192.0.3.4".parse().unwrap())
+                .is_ok(),
+            "another prefix"
+        );
+    }
+
+    #[test]
+    fn stress_past_the_threshold() {
+        let policy = policy();
+        let state = AdmissionState::with_clock(&policy, FakeRelativeClock::default());
+        let held = fill(&state, &policy, 8);
+        let permit = state
+            .admit(&policy, 0, "192.0.2.9".parse().unwrap())
+            .unwrap();
+        assert!(permit.stressed, "80% is the default threshold");
+        drop(held);
+        drop(permit);
+        let calm = state
+            .admit(&policy, 0, "192.0.2.9".parse().unwrap())
+            .unwrap();
+        assert!(!calm.stressed);
+    }
+}

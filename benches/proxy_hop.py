@@ -65,6 +65,8 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both proxies (haproxy nbthread, mxgate server.workers); 0: each its default")
     opts = parser.parse_args()
 
     mxgate_bin = os.path.join(ROOT, "target", "release", "mxgate")
@@ -76,10 +78,11 @@ def main():
         sink_port, haproxy_port, gate_port = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1000"]))
         cfg = os.path.join(tmp, "haproxy.cfg")
+        nbthread = f"    nbthread {opts.threads}\n" if opts.threads else ""
         with open(cfg, "w") as f:
             f.write(f"""global
     maxconn 4000
-defaults
+{nbthread}defaults
     mode tcp
     timeout connect 5s
     timeout client 60s
@@ -90,7 +93,13 @@ listen smtp
 """)
         haproxy = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", cfg])
         procs.append(haproxy)
-        gate = subprocess.Popen([mxgate_bin, "run", "--policy", os.path.join(ROOT, "benches", "bench-policy.toml"),
+        policy = os.path.join(tmp, "bench-policy.toml")
+        with open(os.path.join(ROOT, "benches", "bench-policy.toml")) as src, open(policy, "w") as dst:
+            text = src.read()
+            if opts.threads:
+                text = text.replace("[server]\n", f"[server]\nworkers = {opts.threads}\n", 1)
+            dst.write(text)
+        gate = subprocess.Popen([mxgate_bin, "run", "--policy", policy,
                                  "--listen", f"127.0.0.1:{gate_port}", "--backend", f"127.0.0.1:{sink_port}",
                                  "--backend-proxy", "none"],
                                 stderr=subprocess.DEVNULL, env={**os.environ, "MXGATE_LOG": "warn"})
@@ -116,7 +125,8 @@ listen smtp
                 per_k = f"{statistics.median(cpu[name]):.3f}" if pid else "-"
                 rows.append((label, name, rate, per_k, rates[name]))
 
-        print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}\n")
+        threads = opts.threads or "default"
+        print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}, threads: {threads}\n")
         print("| load | path | msg/s (median) | proxy CPU s per 1,000 msg | runs (msg/s) |")
         print("| --- | --- | ---: | ---: | --- |")
         for label, name, rate, per_k, runs in rows:

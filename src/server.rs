@@ -51,7 +51,8 @@ pub struct Server {
     runs_housekeeping: bool,
 }
 
-/// Once per process: the DNS lists' self-test and the pruning of idle rate state.
+/// Once per process: the DNS lists' self-test, the occupancy gauges (every second) and the
+/// pruning of idle rate state (every minute).
 pub async fn housekeeping(
     policy: Arc<Policy>,
     lists: Arc<DnsLists>,
@@ -61,12 +62,18 @@ pub async fn housekeeping(
     if !lists.is_empty() {
         tokio::spawn(lists.self_test_every(policy.dns.self_test_interval, shutdown.clone()));
     }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last_prune = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(crate::admission::rate::PRUNE_EVERY) => {}
+            _ = tick.tick() => {}
         }
-        admission.prune();
+        admission.publish(&policy);
+        if last_prune.elapsed() >= crate::admission::rate::PRUNE_EVERY {
+            last_prune = tokio::time::Instant::now();
+            admission.prune();
+        }
     }
 }
 
@@ -215,11 +222,9 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, client_addr)) => {
-                let local_addr = stream.local_addr().unwrap_or(client_addr);
                 tracker.spawn(handle(
                     stream,
                     client_addr,
-                    local_addr,
                     policy.clone(),
                     lists.clone(),
                     admission.clone(),
@@ -238,7 +243,6 @@ async fn accept_loop(
 async fn handle(
     mut stream: TcpStream,
     client_addr: SocketAddr,
-    local_addr: SocketAddr,
     policy: Arc<Policy>,
     lists: Arc<DnsLists>,
     admission: Arc<AdmissionState>,
@@ -324,7 +328,6 @@ async fn handle(
                 policy: policy.clone(),
                 class: class_index,
                 client_addr,
-                local_addr,
                 shutdown,
                 teaser_sent,
                 early_input,
@@ -332,7 +335,6 @@ async fn handle(
                 recipient_gate: admission.recipient_gate(class_index, ip),
             };
             let report = driver::run(stream, setup).await;
-            admission.record_release(&policy, class_index);
             telemetry::session_ended(
                 report.end.as_str(),
                 report.deliveries,

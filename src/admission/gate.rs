@@ -139,12 +139,9 @@ impl AdmissionState {
             return refuse(Refusal::PoolFull);
         };
         let occupancy = self.slots.in_use();
-        gauge!("mxgate_slots_in_use", "class" => c.name.clone())
-            .set(self.slots.in_use_by(class) as f64);
         if stressed {
             counter!("mxgate_stress_sessions_total").increment(1);
         }
-        gauge!("mxgate_stress").set(if stressed { 1.0 } else { 0.0 });
         Ok(AdmissionPermit {
             _slot: slot,
             _ip: ip_guard,
@@ -154,10 +151,15 @@ impl AdmissionState {
         })
     }
 
-    /// Records a session's end in the occupancy gauge of its class.
-    pub fn record_release(&self, policy: &Policy, class: usize) {
-        gauge!("mxgate_slots_in_use", "class" => policy.class(class).name.clone())
-            .set(self.slots.in_use_by(class) as f64);
+    /// Publishes occupancy by class and stress (sampled by the housekeeping task, not per session).
+    pub fn publish(&self, policy: &Policy) {
+        for (i, class) in policy.classes.iter().enumerate() {
+            gauge!("mxgate_slots_in_use", "class" => class.name.clone())
+                .set(self.slots.in_use_by(i) as f64);
+        }
+        gauge!("mxgate_slots_capacity").set(self.slots.capacity() as f64);
+        let stressed = self.slots.occupancy() >= policy.admission.stress_threshold;
+        gauge!("mxgate_stress").set(if stressed { 1.0 } else { 0.0 });
     }
 
     /// The recipient allowance of `ip` in `class`, shared by all its sessions; `None`: no limit.

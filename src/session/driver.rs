@@ -4,7 +4,7 @@
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use crate::admission::gate::AdmissionPermit;
 use crate::net::backend;
-use crate::policy::{ClassPolicy, Policy};
+use crate::policy::{ClassPolicy, ClientAddressMode, Policy};
 use crate::telemetry;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -23,7 +23,6 @@ pub struct SessionSetup {
     pub policy: Arc<Policy>,
     pub class: usize,
     pub client_addr: SocketAddr,
-    pub local_addr: SocketAddr,
     pub shutdown: CancellationToken,
     /// The greeting was begun with mxgate's `220-` teaser (pregreet test).
     pub teaser_sent: bool,
@@ -73,10 +72,17 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
     let policy = &setup.policy;
     let class: &ClassPolicy = policy.class(setup.class);
     let _ = client.set_nodelay(true);
+    // The address the client reached is needed only for a PROXY header: no getsockname otherwise.
+    let local_addr = match policy.backend.client_address {
+        ClientAddressMode::V1 | ClientAddressMode::V2 => {
+            client.local_addr().unwrap_or(setup.client_addr)
+        }
+        ClientAddressMode::None | ClientAddressMode::Xclient => setup.client_addr,
+    };
     let connected = backend::connect(
         &policy.backend,
         setup.client_addr,
-        setup.local_addr,
+        local_addr,
         &policy.server.hostname,
     )
     .await;

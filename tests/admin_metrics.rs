@@ -56,7 +56,8 @@ async fn metrics_count_decisions_sessions_and_deliveries() {
     }
     // The session-end counters move after the client has its 221: wait for both to be counted.
     let mut body = String::new();
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while tokio::time::Instant::now() < deadline {
         body = http_get(admin, "/metrics").await;
         if body.contains("mxgate_sessions_ended_total{end=\"quit\"} 2") {
             break;

@@ -43,14 +43,7 @@ async fn metrics_count_decisions_sessions_and_deliveries() {
                 .unwrap();
         client.read_reply().await.unwrap();
         client.command("EHLO c").await.unwrap();
-        assert_eq!(
-            client
-                .send_message("a@b", &["r@s"], b"m\r\n")
-                .await
-                .unwrap()
-                .code,
-            250
-        );
+        common::deliver(&mut client).await;
         assert_eq!(client.command("QUIT").await.unwrap().code, 221);
         assert!(client.closed_by_server().await);
     }

@@ -10,14 +10,7 @@ async fn announced_client(mode: &str, source: &str) -> (String, &'static str) {
     let ehlo = client.command("EHLO client.test").await.unwrap();
     // The backend's XCLIENT must never be offered to clients.
     assert!(!ehlo.text.contains("XCLIENT"), "{ehlo}");
-    assert_eq!(
-        client
-            .send_message("a@b", &["r@s"], b"m\r\n")
-            .await
-            .unwrap()
-            .code,
-        250
-    );
+    common::deliver(&mut client).await;
     client.command("QUIT").await.unwrap();
     assert!(sink.wait_until(WAIT, |m, _| m.len() == 1).await);
     let message = &sink.messages()[0];

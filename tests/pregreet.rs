@@ -55,14 +55,7 @@ async fn patient_client_sees_one_greeting_and_delivers() {
         "220-mx.test ESMTP\r\n220 sink.test ESMTP mxgate-sink\r\n"
     );
     client.command("EHLO patient").await.unwrap();
-    assert_eq!(
-        client
-            .send_message("a@b", &["r@s"], b"m\r\n")
-            .await
-            .unwrap()
-            .code,
-        250
-    );
+    common::deliver(&mut client).await;
     assert!(sink.wait_until(WAIT, |m, _| m.len() == 1).await);
     gate.stop().await;
 }

@@ -129,3 +129,15 @@ pub fn test_certificate(
     .with_no_client_auth();
     (cert_path, key_path, Arc::new(config))
 }
+
+/// Sends one small message on an open session and asserts the backend accepted it.
+pub async fn deliver<S>(client: &mut SmtpClient<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let reply = client
+        .send_message("a@b", &["r@s"], b"m\r\n")
+        .await
+        .expect("send a message");
+    assert_eq!(reply.code, 250, "{reply}");
+}

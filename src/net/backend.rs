@@ -92,7 +92,7 @@ pub async fn connect(
     // Replies and commands are small: without this, each waits for the peer's delayed ACK.
     let _ = stream.set_nodelay(true);
     let io_err = |source| BackendError::Io { addr, source };
-    let mut pending_input = BytesMut::with_capacity(4096);
+    let mut pending_input = BytesMut::with_capacity(2048);
     match policy.client_address {
         ClientAddressMode::None => {}
         ClientAddressMode::V1 | ClientAddressMode::V2 => {

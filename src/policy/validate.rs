@@ -71,7 +71,7 @@ pub struct DnsPolicy {
 
 #[derive(Debug, Clone)]
 pub struct ServerPolicy {
-    pub hostname: String,
+    pub hostname: Arc<str>,
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub workers: usize,
@@ -451,7 +451,7 @@ pub(super) fn validate(
     }
     Ok(Policy {
         server: ServerPolicy {
-            hostname: file.server.hostname,
+            hostname: Arc::from(file.server.hostname),
             listen: file.server.listen,
             admin: file.server.admin,
             workers: file

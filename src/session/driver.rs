@@ -15,8 +15,10 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Bytes read at a time; a DATA body is relayed in pieces of up to this size.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read at a time in a DATA body, relayed in pieces of up to this size.
+const BODY_CHUNK: usize = 16 * 1024;
+/// Bytes read at a time between bodies: command lines and replies are short.
+const LINE_CHUNK: usize = 2 * 1024;
 
 /// Everything a session needs besides its sockets.
 pub struct SessionSetup {
@@ -242,9 +244,13 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
         }
         let wants_client = relay.wants_client_input(link.client_in.len());
         if wants_client {
-            link.client_in.reserve(READ_CHUNK);
+            link.client_in.reserve(if relay.in_body() {
+                BODY_CHUNK
+            } else {
+                LINE_CHUNK
+            });
         }
-        link.backend_in.reserve(4096);
+        link.backend_in.reserve(LINE_CHUNK);
         tokio::select! {
             biased;
             _ = &mut cancelled, if grace_timer.is_none() => {

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Name in mxgate's own replies.
-    pub hostname: String,
+    pub hostname: std::sync::Arc<str>,
     pub messages_per_session: u32,
     pub recipients_per_message: u32,
     pub max_command_line: usize,
@@ -226,6 +226,11 @@ impl Relay {
                     && buffered < self.config.max_command_line
             }
         }
+    }
+
+    /// Whether a DATA body is being relayed (reads are larger then).
+    pub fn in_body(&self) -> bool {
+        self.mode == Mode::Data
     }
 
     /// Whether a backend reply is awaited, and whether it is the (slower) reply to the end of data.

@@ -1,7 +1,7 @@
 //! The server: listeners, the admission decision for each connection, session tasks, and a graceful
 //! shutdown that lets transactions in progress finish.
 
-use crate::admission::gate::AdmissionState;
+use crate::admission::gate::{AdmissionPermit, AdmissionState};
 use crate::admission::{assess, log_fields, matching_rule, pregreet, Decision};
 use crate::policy::Policy;
 use crate::reputation::dnsbl::lists::DnsLists;
@@ -251,7 +251,8 @@ async fn handle(
     let client_addr = crate::net::backend::canonical(client_addr);
     let ip = client_addr.ip();
     // The early-talker test runs while the DNS lists are asked; clients a static rule covers skip it.
-    let (verdict, greeting) = match policy.pregreet {
+    // `early_input` is `Some` once the teaser is sent: what the client said during the delay.
+    let (verdict, early_input) = match policy.pregreet {
         Some(test) if matching_rule(&policy, ip).is_none() => {
             let hostname = &policy.server.hostname;
             let (verdict, watched) = tokio::join!(
@@ -266,36 +267,33 @@ async fn handle(
                 true => verdict.with_early_talker(&policy, test.weight),
                 false => verdict,
             };
-            (
-                verdict,
-                Greeting::Started {
-                    early_input: watched.input,
-                },
-            )
+            (verdict, Some(watched.input))
         }
-        _ => (assess(&policy, &lists, ip).await, Greeting::NotStarted),
+        _ => (assess(&policy, &lists, ip).await, None),
     };
-    let teaser_sent = matches!(greeting, Greeting::Started { .. });
-    let greeting_end = || match teaser_sent {
-        true => pregreet::greeting_end(&policy.server.hostname),
-        false => String::new(),
-    };
+    let teaser_sent = early_input.is_some();
+    let host = &policy.server.hostname;
+    let class_index = verdict.decision.class();
+    let class = &policy.class(class_index).name;
     // Classes that are admitted must still find a slot and stay within the per-address limits.
-    let decision = verdict.decision.clone();
-    let class = &policy.class(decision.class()).name;
-    let admitted = match decision {
-        Decision::Admit { class } => Some(admission.admit(&policy, class, ip)),
-        _ => None,
+    let (next, limit) = match verdict.decision.clone() {
+        Decision::Admit { class } => match admission.admit(&policy, class, ip) {
+            Ok(permit) => (Next::Relay(permit), None),
+            Err(refusal) => (Next::Defer(refusal.reply(host)), Some(refusal)),
+        },
+        Decision::Defer { reply, .. } => (Next::Defer(reply), None),
+        Decision::Reject { reply, .. } => (Next::Reject(reply), None),
     };
-    let (action, limit) = match &admitted {
-        Some(Ok(_)) | None => (decision.outcome(), "none"),
-        Some(Err(refusal)) => ("defer", refusal.as_str()),
+    let action = match next {
+        Next::Relay(_) => "admit",
+        Next::Defer(_) => "defer",
+        Next::Reject(_) => "reject",
     };
     tracing::info!(
         client = %ip,
         class = %class,
         action,
-        limit,
+        limit = limit.map_or("none", |l| l.as_str()),
         score = verdict.score,
         reasons = %log_fields(&policy, &verdict),
         slots = admission.slots().in_use(),
@@ -304,33 +302,15 @@ async fn handle(
         "decision"
     );
     telemetry::decision(class, action, verdict.elapsed.as_secs_f64());
-    let decision = match admitted {
-        Some(Err(refusal)) => Decision::Defer {
-            class: decision.class(),
-            reply: refusal.reply(&policy.server.hostname),
-        },
-        _ => decision,
-    };
-    let mut permit = match admitted {
-        Some(Ok(permit)) => Some(permit),
-        _ => None,
-    };
-    match decision {
-        Decision::Admit { class: class_index } => {
-            let Some(permit) = permit.take() else {
-                return;
-            };
-            let early_input = match greeting {
-                Greeting::Started { early_input } => early_input,
-                Greeting::NotStarted => Default::default(),
-            };
+    match next {
+        Next::Relay(permit) => {
             let setup = SessionSetup {
                 policy: policy.clone(),
                 class: class_index,
                 client_addr,
                 shutdown,
                 teaser_sent,
-                early_input,
+                early_input: early_input.unwrap_or_default(),
                 permit,
                 recipient_gate: admission.recipient_gate(class_index, ip),
             };
@@ -343,7 +323,7 @@ async fn handle(
                 report.duration.as_secs_f64(),
             );
             tracing::info!(
-                client = %client_addr.ip(),
+                client = %ip,
                 class = %class,
                 end = report.end.as_str(),
                 deliveries = report.deliveries,
@@ -353,24 +333,29 @@ async fn handle(
                 "session end"
             );
         }
-        Decision::Defer { reply, .. } => {
+        Next::Defer(reply) => {
             // After a teaser the greeting is finished first; the 421 then ends the session.
-            let reply = greeting_end() + &reply;
+            let reply = pregreet::greeting_end(teaser_sent, host) + &reply;
             refuse::defer(stream, &reply, policy.session.idle_timeout).await
         }
-        Decision::Reject { reply, .. } => {
+        Next::Reject(reply) => {
             let limits = RejectLimits {
                 idle_timeout: policy.session.idle_timeout,
                 max_command_line: policy.session.max_command_line,
                 max_commands: policy.session.max_junk_commands,
             };
-            refuse::reject(stream, &reply, teaser_sent.then(greeting_end), limits).await
+            let greeting_end = teaser_sent.then(|| pregreet::greeting_end(true, host));
+            refuse::reject(stream, &reply, greeting_end, limits).await
         }
     }
 }
 
-/// Whether mxgate has begun the greeting with its pregreet teaser.
-enum Greeting {
-    NotStarted,
-    Started { early_input: bytes::BytesMut },
+/// What a connection gets once it is decided.
+enum Next {
+    /// Relayed to the backend, holding these places.
+    Relay(AdmissionPermit),
+    /// This 421, then close.
+    Defer(String),
+    /// This 554, then 503 (or the 554 again after a teaser) to all but QUIT.
+    Reject(String),
 }

@@ -48,8 +48,6 @@ pub struct AdmissionPermit {
     _prefix: ConcurrencyGuard,
     /// Admitted while occupancy was past the stress threshold: stricter limits apply.
     pub stressed: bool,
-    /// Slots in use when this one was taken (this one included).
-    pub occupancy: usize,
 }
 
 type Rate<K> = Arc<dyn KeyedRate<K>>;
@@ -138,7 +136,6 @@ impl AdmissionState {
         let Some(slot) = self.slots.try_acquire(class, c.max_share) else {
             return refuse(Refusal::PoolFull);
         };
-        let occupancy = self.slots.in_use();
         if stressed {
             counter!("mxgate_stress_sessions_total").increment(1);
         }
@@ -147,7 +144,6 @@ impl AdmissionState {
             _ip: ip_guard,
             _prefix: prefix_guard,
             stressed,
-            occupancy,
         })
     }
 

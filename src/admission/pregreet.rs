@@ -41,7 +41,11 @@ pub fn teaser(hostname: &str) -> String {
     format!("220-{hostname} ESMTP\r\n")
 }
 
-/// The last line of the greeting when mxgate itself must finish it (defer, reject, no backend).
-pub fn greeting_end(hostname: &str) -> String {
-    format!("220 {hostname} ESMTP\r\n")
+/// The last line of the greeting when mxgate itself must finish it (defer, reject, no backend);
+/// empty when no teaser was sent, so it can always be put before mxgate's own reply.
+pub fn greeting_end(teaser_sent: bool, hostname: &str) -> String {
+    match teaser_sent {
+        true => format!("220 {hostname} ESMTP\r\n"),
+        false => String::new(),
+    }
 }

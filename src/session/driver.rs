@@ -94,10 +94,7 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
             telemetry::backend_connect_failed();
             tracing::warn!(client = %setup.client_addr, error = %e, "backend unavailable");
             let host = &policy.server.hostname;
-            let finish = match setup.teaser_sent {
-                true => crate::admission::pregreet::greeting_end(host),
-                false => String::new(),
-            };
+            let finish = crate::admission::pregreet::greeting_end(setup.teaser_sent, host);
             let reply = format!("{finish}421 4.3.2 {host} Service temporarily unavailable\r\n");
             let _ = timeout(
                 policy.session.idle_timeout,

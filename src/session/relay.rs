@@ -238,11 +238,6 @@ impl Relay {
         (self.backend_awaited > 0).then_some(self.ends_of_data_awaited > 0)
     }
 
-    /// Whether the client is in the middle of a mail transaction (for a graceful shutdown).
-    pub fn in_transaction(&self) -> bool {
-        self.in_transaction || matches!(self.mode, Mode::Data | Mode::AwaitDataReply)
-    }
-
     /// Processes everything that can be processed in both input buffers, consuming what it used.
     pub fn pump(&mut self, client: &mut BytesMut, backend: &mut BytesMut, out: &mut Output) {
         loop {
@@ -505,8 +500,8 @@ impl Relay {
             match expect {
                 Expect::Greeting if self.config.teaser_sent && reply.code != 220 => {
                     // A refusing backend cannot end a 220- greeting: finish it, then say why.
-                    let host = &self.config.hostname;
-                    let text = format!("220 {host} ESMTP\r\n");
+                    let text =
+                        crate::admission::pregreet::greeting_end(true, &self.config.hostname);
                     out.to_client.extend_from_slice(text.as_bytes());
                     self.backend_failed(EndReason::BackendClosed, out);
                     return;

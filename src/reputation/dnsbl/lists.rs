@@ -111,10 +111,6 @@ impl DnsLists {
         self.zones.is_empty()
     }
 
-    pub fn budget(&self) -> Duration {
-        self.config.budget
-    }
-
     pub fn is_usable(&self, zone: &str) -> bool {
         self.zones
             .iter()

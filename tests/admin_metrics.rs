@@ -3,7 +3,6 @@
 mod common;
 
 use mxgate_loadtest::demo::MxgateProcess;
-use mxgate_loadtest::sink::{Sink, SinkConfig};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,12 +18,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_decisions_sessions_and_deliveries() {
     std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
-    let sink = Sink::start(SinkConfig {
-        expect_proxy: true,
-        ..SinkConfig::loopback()
-    })
-    .await
-    .unwrap();
+    let sink = common::proxy_sink().await;
     let port = |_| {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -73,9 +73,7 @@ async fn sink() -> Sink {
 
 /// Connects from `source` and returns the first reply and the connection.
 async fn connect(gate: &Gate, source: &str) -> (String, SmtpClient<TcpStream>) {
-    let mut client = SmtpClient::connect(gate.addr, Some(source.parse().unwrap()))
-        .await
-        .unwrap();
+    let mut client = gate.connect(source).await;
     let reply = client.read_reply().await.unwrap();
     (reply.text, client)
 }

@@ -71,12 +71,7 @@ async fn unreachable_backend_gets_421() {
         .unwrap();
     let text = policy_text(closed, "v2", "", "");
     let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
-    let mut client = mxgate_loadtest::client::SmtpClient::connect(
-        gate.addr,
-        Some("127.0.0.34".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let mut client = gate.connect("127.0.0.34").await;
     let reply = client.read_reply().await.unwrap();
     assert_eq!(
         reply.text,

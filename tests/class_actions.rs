@@ -7,12 +7,7 @@ use common::gate_and_sink;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defer_answers_421_and_never_reaches_the_backend() {
     let (gate, sink) = gate_and_sink("v2", "", "action = \"defer\"").await;
-    let mut client = mxgate_loadtest::client::SmtpClient::connect(
-        gate.addr,
-        Some("127.0.0.50".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let mut client = gate.connect("127.0.0.50").await;
     let reply = client.read_reply().await.unwrap();
     assert_eq!(reply.text, "421 4.7.0 mx.test Try again later\r\n");
     assert!(client.closed_by_server().await);
@@ -23,12 +18,7 @@ async fn defer_answers_421_and_never_reaches_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_answers_554_then_503_until_quit() {
     let (gate, sink) = gate_and_sink("v2", "", "action = \"reject\"").await;
-    let mut client = mxgate_loadtest::client::SmtpClient::connect(
-        gate.addr,
-        Some("127.0.0.51".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let mut client = gate.connect("127.0.0.51").await;
     let reply = client.read_reply().await.unwrap();
     assert_eq!(
         reply.text,

@@ -6,19 +6,12 @@ mod common;
 
 use common::{Gate, WAIT};
 use mxgate::policy::Policy;
-use mxgate_loadtest::client::SmtpClient;
 use mxgate_loadtest::dnsbl::{demo_zones, DnsblServer};
-use mxgate_loadtest::sink::{Sink, SinkConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_policy_decides_by_dns_lists() {
     let dns = DnsblServer::start(demo_zones()).await.unwrap();
-    let sink = Sink::start(SinkConfig {
-        expect_proxy: true,
-        ..SinkConfig::loopback()
-    })
-    .await
-    .unwrap();
+    let sink = common::proxy_sink().await;
     let text = mxgate::policy::EMBEDDED_DEFAULT
         .replace(
             "listen = [\"127.0.0.1:2525\"]",
@@ -45,9 +38,7 @@ async fn default_policy_decides_by_dns_lists() {
         ("127.0.1.10", "421 4.7.0 mx.test Try again later\r\n"),
     ];
     for (source, expected) in refused {
-        let mut client = SmtpClient::connect(gate.addr, Some(source.parse().unwrap()))
-            .await
-            .unwrap();
+        let mut client = gate.connect(source).await;
         let reply = client.read_reply().await.unwrap();
         assert_eq!(reply.text, expected, "{source}");
     }

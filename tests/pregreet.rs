@@ -6,16 +6,11 @@ mod common;
 use common::{Gate, WAIT};
 use mxgate::policy::Policy;
 use mxgate_loadtest::client::{connect_from, SmtpClient};
-use mxgate_loadtest::sink::{Sink, SinkConfig};
+use mxgate_loadtest::sink::Sink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn gate(weight: i32) -> (Gate, Sink) {
-    let sink = Sink::start(SinkConfig {
-        expect_proxy: true,
-        ..SinkConfig::loopback()
-    })
-    .await
-    .unwrap();
+    let sink = common::proxy_sink().await;
     let text = format!(
         "[server]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:0\"]\n[backend]\naddress = \"{}\"\n\
          [pregreet]\nenabled = true\ndelay = \"400ms\"\nweight = {weight}\n\
@@ -46,9 +41,7 @@ async fn read_teaser(stream: &mut tokio::net::TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patient_client_sees_one_greeting_and_delivers() {
     let (gate, sink) = gate(5).await;
-    let mut client = SmtpClient::connect(gate.addr, Some("127.0.0.70".parse().unwrap()))
-        .await
-        .unwrap();
+    let mut client = gate.connect("127.0.0.70").await;
     let greeting = client.read_reply().await.unwrap();
     assert_eq!(
         greeting.text,

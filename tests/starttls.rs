@@ -4,7 +4,6 @@ mod common;
 
 use common::{policy_text, sha256, test_certificate, Gate, WAIT};
 use mxgate::policy::Policy;
-use mxgate_loadtest::client::SmtpClient;
 use mxgate_loadtest::sink::{Sink, SinkConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,9 +22,7 @@ async fn starttls_then_delivery() {
         Gate::start(Policy::parse("tls-policy", &text, None).unwrap_or_else(|e| panic!("{e}")))
             .await;
 
-    let mut client = SmtpClient::connect(gate.addr, Some("127.0.0.20".parse().unwrap()))
-        .await
-        .unwrap();
+    let mut client = gate.connect("127.0.0.20").await;
     assert_eq!(client.read_reply().await.unwrap().code, 220);
     let ehlo = client.command("EHLO client.test").await.unwrap();
     assert!(ehlo.text.contains("250-STARTTLS\r\n"), "{ehlo}");
@@ -69,12 +66,7 @@ async fn starttls_not_offered_without_certificate() {
 async fn broken_handshake_does_not_hurt_others() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, client_tls) = test_certificate(dir.path(), "mx.test");
-    let sink = Sink::start(SinkConfig {
-        expect_proxy: true,
-        ..SinkConfig::loopback()
-    })
-    .await
-    .unwrap();
+    let sink = common::proxy_sink().await;
     let mut text = policy_text(sink.addr(), "v2", "tls_handshake_timeout = \"2s\"", "");
     text.push_str(&format!(
         "\n[tls]\ncertificate = {:?}\nkey = {:?}\n",
@@ -90,9 +82,7 @@ async fn broken_handshake_does_not_hurt_others() {
         .unwrap();
     assert!(bad.closed_by_server().await);
 
-    let mut good = SmtpClient::connect(gate.addr, Some("127.0.0.23".parse().unwrap()))
-        .await
-        .unwrap();
+    let mut good = gate.connect("127.0.0.23").await;
     good.read_reply().await.unwrap();
     good.command("EHLO good").await.unwrap();
     let mut tls = good.starttls(client_tls, "mx.test").await.unwrap();

@@ -67,12 +67,17 @@ impl Gate {
         }
     }
 
+    /// A client connected from `source`, nothing read yet.
+    pub async fn connect(&self, source: &str) -> SmtpClient<TcpStream> {
+        let source: IpAddr = source.parse().unwrap();
+        SmtpClient::connect(self.addr, Some(source))
+            .await
+            .expect("connect to mxgate")
+    }
+
     /// A client connected from `source`, greeting read and checked.
     pub async fn client_from(&self, source: &str) -> SmtpClient<TcpStream> {
-        let source: IpAddr = source.parse().unwrap();
-        let mut client = SmtpClient::connect(self.addr, Some(source))
-            .await
-            .expect("connect to mxgate");
+        let mut client = self.connect(source).await;
         let greeting = client.read_reply().await.expect("greeting");
         assert_eq!(greeting.code, 220, "greeting: {greeting}");
         client
@@ -85,6 +90,16 @@ impl Gate {
             .expect("mxgate stops")
             .unwrap();
     }
+}
+
+/// A sink that expects mxgate's PROXY header and keeps message bodies.
+pub async fn proxy_sink() -> Sink {
+    Sink::start(SinkConfig {
+        expect_proxy: true,
+        ..SinkConfig::loopback()
+    })
+    .await
+    .expect("start sink")
 }
 
 /// A sink and mxgate in front of it, with the client address passed as `mode`.

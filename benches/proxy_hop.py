@@ -109,6 +109,7 @@ listen smtp
 
         targets = [("direct", sink_port, None), ("haproxy", haproxy_port, haproxy.pid), ("mxgate", gate_port, gate.pid)]
         rows = []
+        pairs = []
         for persistent in (False, True):
             rates = {name: [] for name, _, _ in targets}
             cpu = {name: [] for name, _, _ in targets}
@@ -120,6 +121,10 @@ listen smtp
                     if pid:
                         cpu[name].append((cpu_seconds(pid) - before) / opts.messages * 1000)
             label = "persistent (-d)" if persistent else "1 msg/connection"
+            # Paired within each rep (same minute of machine load): mxgate over haproxy.
+            pairs.append((label,
+                          statistics.median(m / h for m, h in zip(rates["mxgate"], rates["haproxy"])),
+                          statistics.median(m / h for m, h in zip(cpu["mxgate"], cpu["haproxy"]))))
             for name, _, pid in targets:
                 rate = statistics.median(rates[name])
                 per_k = f"{statistics.median(cpu[name]):.3f}" if pid else "-"
@@ -131,6 +136,10 @@ listen smtp
         print("| --- | --- | ---: | ---: | --- |")
         for label, name, rate, per_k, runs in rows:
             print(f"| {label} | {name} | {rate:,.0f} | {per_k} | {', '.join(f'{r:,.0f}' for r in runs)} |")
+        print("\n| load | mxgate / haproxy msg/s (median of paired runs) | mxgate / haproxy CPU per msg |")
+        print("| --- | ---: | ---: |")
+        for label, rate_ratio, cpu_ratio in pairs:
+            print(f"| {label} | {rate_ratio:.3f} | {cpu_ratio:.3f} |")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

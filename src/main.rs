@@ -219,8 +219,9 @@ fn run(policy: Policy) -> anyhow::Result<()> {
                     .enable_all()
                     .build()?;
                 runtime.block_on(async {
+                    // A child token per worker: its sessions wait on a token no other thread touches.
                     Server::from_std(listeners, policy, lists, admission)?
-                        .run(shutdown)
+                        .run(shutdown.child_token())
                         .await;
                     Ok(())
                 })

@@ -6,7 +6,8 @@
 //! server (listener) -> admission::decide -> session::driver (relay state machine) -> backend MTA
 //! ```
 //!
-//! - [`policy`] loads and validates the TOML policy (or the embedded default).
+//! - [`policy`] loads, validates and lints the TOML policy (or the embedded default).
+//! - [`live`] holds the policy in force and swaps it atomically on reload.
 //! - [`server`] accepts connections, asks [`admission`] for a decision, and runs one task per session.
 //! - [`session`] holds the pure SMTP codec and relay state machine, and the driver that runs them over
 //!   sockets, with STARTTLS terminated by rustls.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod live;
 pub mod net;
 pub mod policy;
 pub mod reputation;

@@ -3,11 +3,14 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mxgate::policy::{ClientAddressMode, Policy};
+use mxgate::live::Live;
+use mxgate::policy::{ClientAddressMode, Overrides, Policy, PolicySource};
 use mxgate::server::{self, Server};
+use mxgate::telemetry::admin::{self, AdminState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +59,14 @@ enum Command {
         /// The client address.
         ip: std::net::IpAddr,
     },
-    /// Validate a policy file: exit 0 if valid, 1 with `file:line:col: message` lines if not.
-    Check { file: PathBuf },
+    /// Validate and lint a policy file: exit 0 if valid (warnings printed), 1 with every
+    /// `file:line:col: message` if not.
+    Check {
+        file: PathBuf,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,16 +80,7 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Command::Check { file } => match Policy::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { file, strict } => check(&file, strict),
         Command::Explain {
             policy,
             resolver,
@@ -111,23 +111,49 @@ fn main() -> ExitCode {
             admin,
             resolver,
         } => {
-            let Some(policy) = load_or_default(policy) else {
-                return ExitCode::FAILURE;
+            let source = PolicySource {
+                path: policy,
+                overrides: Overrides {
+                    listen,
+                    backend,
+                    backend_proxy,
+                    admin,
+                    resolver,
+                },
             };
-            let overrides = Overrides {
-                listen,
-                backend,
-                backend_proxy,
-                admin,
-                resolver,
-            };
-            match run(overrides.apply(policy)) {
+            match run(source) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mxgate: {e:#}");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `mxgate check`: errors and warnings on stderr, a summary on stdout.
+fn check(file: &std::path::Path, strict: bool) -> ExitCode {
+    match Policy::load(file) {
+        Ok(policy) => {
+            for warning in &policy.warnings {
+                eprintln!("{warning}");
+            }
+            let n = policy.warnings.len();
+            if strict && n > 0 {
+                eprintln!("{}: {n} warning(s), refused with --strict", file.display());
+                return ExitCode::FAILURE;
+            }
+            match n {
+                0 => println!("{}: ok", file.display()),
+                n => println!("{}: ok, {n} warning(s)", file.display()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} error(s)", file.display(), e.issues.len());
+            ExitCode::FAILURE
         }
     }
 }
@@ -159,58 +185,41 @@ fn explain(policy: Policy, ip: std::net::IpAddr) -> anyhow::Result<String> {
     })
 }
 
-struct Overrides {
-    listen: Vec<SocketAddr>,
-    backend: Option<SocketAddr>,
-    backend_proxy: Option<ClientAddressMode>,
-    admin: Option<SocketAddr>,
-    resolver: Option<SocketAddr>,
-}
-
-impl Overrides {
-    fn apply(self, mut policy: Policy) -> Policy {
-        if !self.listen.is_empty() {
-            policy.server.listen = self.listen;
-        }
-        if let Some(backend) = self.backend {
-            policy.backend.address = backend;
-        }
-        if let Some(mode) = self.backend_proxy {
-            policy.backend.client_address = mode;
-        }
-        if self.admin.is_some() {
-            policy.server.admin = self.admin;
-        }
-        if self.resolver.is_some() {
-            policy.dns.resolver = self.resolver;
-        }
-        policy
-    }
-}
-
 /// One single-threaded runtime per worker thread, each accepting on its own SO_REUSEPORT listeners;
-/// the main thread waits for a signal. A worker that stops for any reason stops them all.
-fn run(policy: Policy) -> anyhow::Result<()> {
-    mxgate::telemetry::install(policy.server.admin)?;
-    // The main thread's runtime does the DNS lists' self-tests and waits for signals.
+/// the main thread's runtime runs the housekeeping, the admin API and the signals. A worker that
+/// stops for any reason stops them all.
+fn run(source: PolicySource) -> anyhow::Result<()> {
+    let policy = match source.load() {
+        Ok(policy) => policy,
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    for warning in &policy.warnings {
+        tracing::warn!("{warning}");
+    }
     let main_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the main runtime")?;
-    let lists = main_runtime.block_on(server::dns_lists(&policy))?;
-    let admission = mxgate::admission::gate::AdmissionState::new(&policy);
+    let admin = match policy.server.admin {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && policy.server.admin_token.is_none() {
+                tracing::warn!(admin = %addr, "the admin API is not on loopback and has no token: anyone who reaches it can reload the policy");
+            }
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("cannot listen for the admin API on {addr}"))?;
+            Some((listener, mxgate::telemetry::install()?))
+        }
+        None => None,
+    };
     let workers = policy.server.workers;
     let sets = server::bind_per_worker(&policy.server.listen, workers)?;
-    let policy = Arc::new(policy);
+    let live = main_runtime.block_on(Live::start(policy, source))?;
     let shutdown = CancellationToken::new();
+    let listening = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(workers);
     for (i, listeners) in sets.into_iter().enumerate() {
-        let (policy, lists, admission, shutdown) = (
-            policy.clone(),
-            lists.clone(),
-            admission.clone(),
-            shutdown.clone(),
-        );
+        let (live, shutdown) = (live.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name(format!("mxgate-worker-{i}"))
             .spawn(move || -> std::io::Result<()> {
@@ -220,7 +229,7 @@ fn run(policy: Policy) -> anyhow::Result<()> {
                     .build()?;
                 runtime.block_on(async {
                     // A child token per worker: its sessions wait on a token no other thread touches.
-                    Server::from_std(listeners, policy, lists, admission)?
+                    Server::from_std(listeners, live)?
                         .run(shutdown.child_token())
                         .await;
                     Ok(())
@@ -229,15 +238,27 @@ fn run(policy: Policy) -> anyhow::Result<()> {
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
+    listening.store(true, Ordering::Relaxed);
     main_runtime.block_on(async {
-        tokio::spawn(server::housekeeping(
-            policy.clone(),
-            lists.clone(),
-            admission.clone(),
-            shutdown.clone(),
-        ));
-        stop_on_signal(shutdown).await;
-    });
+        tokio::spawn(server::housekeeping(live.clone(), shutdown.clone()));
+        if let Some((listener, handle)) = admin {
+            let state = Arc::new(AdminState {
+                live: live.clone(),
+                metrics: Some(handle),
+                listening: listening.clone(),
+            });
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = admin::serve(listener, state, stop.clone()).await {
+                    tracing::error!(error = %e, "admin API stopped");
+                }
+            });
+        }
+        stop_on_signal(live, shutdown).await;
+        listening.store(false, Ordering::Relaxed);
+        anyhow::Ok(())
+    })?;
     for thread in threads {
         match thread.join() {
             Ok(result) => result.context("worker failed")?,
@@ -247,21 +268,32 @@ fn run(policy: Policy) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown; so does a worker that stopped.
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// SIGHUP reloads the policy; SIGTERM or SIGINT starts a graceful shutdown, and so does a worker
+/// that stopped.
+async fn stop_on_signal(live: Arc<Live>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stopping");
         shutdown.cancel();
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = shutdown.cancelled() => tracing::error!("a worker stopped; stopping"),
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the policy");
+                // The outcome is logged (and counted) by the reload itself.
+                let _ = live.reload().await;
+                continue;
+            }
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = shutdown.cancelled() => tracing::error!("a worker stopped; stopping"),
+        }
+        break;
     }
     shutdown.cancel();
 }

@@ -3,7 +3,8 @@
 
 use crate::admission::gate::{AdmissionPermit, AdmissionState};
 use crate::admission::{assess, log_fields, matching_rule, pregreet, Decision};
-use crate::policy::Policy;
+use crate::live::Live;
+use crate::policy::{Policy, PolicySource};
 use crate::reputation::dnsbl::lists::DnsLists;
 use crate::reputation::dnsbl::lookup::{DnsLookup, HickoryLookup, NoLookup, ResolverError};
 use crate::session::driver::{self, SessionSetup};
@@ -43,36 +44,47 @@ pub async fn dns_lists(policy: &Policy) -> Result<Arc<DnsLists>, ResolverError> 
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<TcpListener>,
-    policy: Arc<Policy>,
-    lists: Arc<DnsLists>,
-    admission: Arc<AdmissionState>,
+    live: Arc<Live>,
     /// Whether this server runs the periodic DNS list self-test and rate pruning (once per process,
     /// not per worker).
     runs_housekeeping: bool,
 }
 
-/// Once per process: the DNS lists' self-test, the occupancy gauges (every second) and the
-/// pruning of idle rate state (every minute).
-pub async fn housekeeping(
-    policy: Arc<Policy>,
-    lists: Arc<DnsLists>,
-    admission: Arc<AdmissionState>,
-    shutdown: CancellationToken,
-) {
-    if !lists.is_empty() {
-        tokio::spawn(lists.self_test_every(policy.dns.self_test_interval, shutdown.clone()));
-    }
+/// Once per process: the DNS lists' periodic self-test (restarted when a reload brings new lists),
+/// the occupancy gauges (every second) and the pruning of idle rate state (every minute).
+pub async fn housekeeping(live: Arc<Live>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut last_prune = tokio::time::Instant::now();
+    let mut tested: Option<(Arc<DnsLists>, Duration, CancellationToken)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        admission.publish(&policy);
+        let current = live.current();
+        let interval = current.policy.dns.self_test_interval;
+        let same = tested
+            .as_ref()
+            .is_some_and(|(lists, i, _)| Arc::ptr_eq(lists, &current.lists) && *i == interval);
+        if !same {
+            if let Some((_, _, stop)) = tested.take() {
+                stop.cancel();
+            }
+            let stop = shutdown.child_token();
+            if !current.lists.is_empty() {
+                tokio::spawn(
+                    current
+                        .lists
+                        .clone()
+                        .self_test_every(interval, stop.clone()),
+                );
+            }
+            tested = Some((current.lists.clone(), interval, stop));
+        }
+        live.admission().publish(&current.policy);
         if last_prune.elapsed() >= crate::admission::rate::PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
-            admission.prune();
+            live.admission().prune();
         }
     }
 }
@@ -108,9 +120,15 @@ const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Server {
     /// Binds every listen address of the policy, for a single runtime (tests, embedding); sets up
-    /// and self-tests the DNS lists.
+    /// and self-tests the DNS lists. Reloads re-validate the same policy (no file).
     pub async fn bind(policy: Policy) -> Result<Server, ServerError> {
-        let lists = dns_lists(&policy).await?;
+        Server::bind_live(Live::start(policy, PolicySource::default()).await?).await
+    }
+
+    /// Binds the listen addresses of the live policy, for a single runtime; this server runs the
+    /// housekeeping.
+    pub async fn bind_live(live: Arc<Live>) -> Result<Server, ServerError> {
+        let policy = live.policy();
         let mut listeners = Vec::with_capacity(policy.server.listen.len());
         for &addr in &policy.server.listen {
             let listener = TcpListener::bind(addr)
@@ -118,45 +136,46 @@ impl Server {
                 .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(listener);
         }
-        let admission = AdmissionState::new(&policy);
         Ok(Server {
             listeners,
-            policy: Arc::new(policy),
-            lists,
-            admission,
+            live,
             runs_housekeeping: true,
         })
     }
 
     /// A server over listeners bound by [`bind_per_worker`], inside the runtime that will run it.
-    /// The caller runs the periodic self-test of `lists`.
-    pub fn from_std(
-        listeners: Vec<std::net::TcpListener>,
-        policy: Arc<Policy>,
-        lists: Arc<DnsLists>,
-        admission: Arc<AdmissionState>,
-    ) -> io::Result<Server> {
+    /// The caller runs the [`housekeeping`].
+    pub fn from_std(listeners: Vec<std::net::TcpListener>, live: Arc<Live>) -> io::Result<Server> {
         let listeners = listeners
             .into_iter()
             .map(TcpListener::from_std)
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Server {
             listeners,
-            policy,
-            lists,
-            admission,
+            live,
             runs_housekeeping: false,
         })
     }
 
     /// The admission state (slot pool, limits) this server decides with.
     pub fn admission(&self) -> Arc<AdmissionState> {
-        self.admission.clone()
+        self.live.admission().clone()
+    }
+
+    /// The policy in force, for reloads.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
     }
 
     /// Replaces the admission state, e.g. with one on a controlled clock (tests).
     pub fn with_admission(mut self, admission: Arc<AdmissionState>) -> Self {
-        self.admission = admission;
+        let current = self.live.current();
+        self.live = Live::with_parts(
+            (*current.policy).clone(),
+            current.lists.clone(),
+            admission,
+            self.live.source().clone(),
+        );
         self
     }
 
@@ -173,21 +192,15 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         if self.runs_housekeeping {
-            tokio::spawn(housekeeping(
-                self.policy.clone(),
-                self.lists.clone(),
-                self.admission.clone(),
-                shutdown.clone(),
-            ));
+            tokio::spawn(housekeeping(self.live.clone(), shutdown.clone()));
         }
+        let backend = self.live.policy().backend.address;
         for listener in self.listeners {
             let local = listener.local_addr().ok();
-            tracing::info!(target: "mxgate::startup", listen = ?local, backend = %self.policy.backend.address, "listening");
+            tracing::info!(target: "mxgate::startup", listen = ?local, backend = %backend, "listening");
             tracker.spawn(accept_loop(
                 listener,
-                self.policy.clone(),
-                self.lists.clone(),
-                self.admission.clone(),
+                self.live.clone(),
                 tracker.clone(),
                 shutdown.clone(),
             ));
@@ -195,7 +208,7 @@ impl Server {
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections; sessions finish their transaction");
         tracker.close();
-        let limit = self.policy.session.shutdown_grace + CLOSE_MARGIN;
+        let limit = self.live.policy().session.shutdown_grace + CLOSE_MARGIN;
         if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
             tracing::warn!(
                 sessions = tracker.len(),
@@ -209,9 +222,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
-    policy: Arc<Policy>,
-    lists: Arc<DnsLists>,
-    admission: Arc<AdmissionState>,
+    live: Arc<Live>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -222,12 +233,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, client_addr)) => {
+                // The policy generation is loaded once: the session keeps it through reloads.
+                let current = live.current();
                 tracker.spawn(handle(
                     stream,
                     client_addr,
-                    policy.clone(),
-                    lists.clone(),
-                    admission.clone(),
+                    current.policy.clone(),
+                    current.lists.clone(),
+                    live.admission().clone(),
                     shutdown.clone(),
                 ));
             }
@@ -315,13 +328,14 @@ async fn handle(
                 recipient_gate: admission.recipient_gate(class_index, ip),
             };
             let report = driver::run(stream, setup).await;
-            telemetry::session_ended(
-                report.end.as_str(),
-                report.deliveries,
-                report.recipients_over_cap,
-                report.recipients_over_rate,
-                report.duration.as_secs_f64(),
-            );
+            telemetry::session_ended(telemetry::SessionCounts {
+                class,
+                end: report.end.as_str(),
+                deliveries: report.deliveries,
+                recipients_over_cap: report.recipients_over_cap,
+                recipients_over_rate: report.recipients_over_rate,
+                seconds: report.duration.as_secs_f64(),
+            });
             tracing::info!(
                 client = %ip,
                 class = %class,

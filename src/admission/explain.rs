@@ -148,3 +148,80 @@ pub fn render(policy: &Policy, verdict: &Verdict) -> String {
     );
     out
 }
+
+/// The same explanation as structured JSON, for `GET /explain?ip=` on the admin API.
+pub fn to_json(policy: &Policy, verdict: &Verdict) -> serde_json::Value {
+    use serde_json::json;
+    let class = policy.class(verdict.decision.class());
+    let rule = verdict.rule.map(|i| {
+        let r = &policy.rules[i];
+        json!({
+            "index": i + 1,
+            "cidr": r.net.to_string(),
+            "action": match r.action { RuleAction::Allow => "allow", RuleAction::Deny => "deny" },
+        })
+    });
+    let dns: Vec<_> = verdict
+        .dns
+        .iter()
+        .map(|r| {
+            let (result, codes, error) = match &r.outcome {
+                Outcome::Listed(codes) => (
+                    "listed",
+                    codes.iter().map(|c| c.to_string()).collect(),
+                    None,
+                ),
+                Outcome::NotListed => ("not_listed", Vec::new(), None),
+                Outcome::Error(e) => ("error", Vec::new(), Some(*e)),
+                Outcome::Late => ("late", Vec::new(), None),
+                Outcome::Unusable => ("unusable", Vec::new(), None),
+            };
+            json!({
+                "zone": &*r.zone,
+                "result": result,
+                "codes": codes,
+                "error": error,
+                "cached": r.cached,
+                "ttl_left_seconds": r.ttl_left.as_secs(),
+            })
+        })
+        .collect();
+    let terms: Vec<_> = verdict
+        .terms
+        .iter()
+        .map(|t| {
+            json!({
+                "zone": &*t.zone,
+                "name": t.name,
+                "code": t.code.to_string(),
+                "weight": t.weight,
+            })
+        })
+        .collect();
+    let reply = match &verdict.decision {
+        Decision::Admit { .. } => None,
+        Decision::Defer { reply, .. } | Decision::Reject { reply, .. } => {
+            Some(reply.trim_end().to_owned())
+        }
+    };
+    json!({
+        "client": verdict.ip.to_string(),
+        "decision": verdict.decision.outcome(),
+        "class": class.name,
+        "score": verdict.score,
+        "rule": rule,
+        "dns": dns,
+        "terms": terms,
+        "early_talker_weight": verdict.early_talker,
+        "reply": reply,
+        "limits": {
+            "slots": policy.admission.slots,
+            "class_slot_limit": super::slots::limit_for(policy.admission.slots, class.max_share),
+            "max_share": class.max_share,
+            "connections_per_ip": class.connections_per_ip,
+            "messages_per_session": class.messages_per_session,
+            "recipients_per_message": class.recipients_per_message,
+        },
+        "decision_ms": verdict.elapsed.as_secs_f64() * 1000.0,
+    })
+}

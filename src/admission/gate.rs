@@ -5,7 +5,9 @@
 use super::concurrency::{prefix_of, Concurrency, ConcurrencyGuard};
 use super::rate::{Gcra, KeyedRate};
 use super::slots::{SlotPermit, SlotPool};
-use crate::policy::Policy;
+use crate::policy::{Policy, MAX_CLASSES};
+use crate::telemetry;
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use ipnet::IpNet;
 use metrics::{counter, gauge};
@@ -50,16 +52,24 @@ pub struct AdmissionPermit {
     pub stressed: bool,
 }
 
-type Rate<K> = Arc<dyn KeyedRate<K>>;
+type Rate = Arc<dyn KeyedRate<IpNet>>;
+type MakeRate = Box<dyn Fn(governor::Quota) -> Rate + Send + Sync>;
+
+/// The rate limiters of one policy generation, each with the quota it enforces.
+#[derive(Default)]
+struct Rates {
+    ip: Option<(governor::Quota, Rate)>,
+    prefix: Option<(governor::Quota, Rate)>,
+    /// Per class position: recipients per address across its sessions.
+    recipients: Vec<Option<(governor::Quota, Rate)>>,
+}
 
 pub struct AdmissionState {
     slots: Arc<SlotPool>,
     per_ip: Arc<Concurrency>,
     per_prefix: Arc<Concurrency>,
-    ip_rate: Option<Rate<IpNet>>,
-    prefix_rate: Option<Rate<IpNet>>,
-    /// Per class: recipients per address across its sessions.
-    recipient_rates: Vec<Option<Rate<IpAddr>>>,
+    rates: ArcSwap<Rates>,
+    make_rate: MakeRate,
 }
 
 impl AdmissionState {
@@ -73,28 +83,45 @@ impl AdmissionState {
         C: Clock + Clone + Send + Sync + 'static,
         C::Instant: Send + Sync,
     {
-        let a = &policy.admission;
-        let cap = a.max_tracked_addresses;
-        let keyed = |quota: Option<governor::Quota>| -> Option<Rate<IpNet>> {
-            quota.map(|q| Arc::new(Gcra::new(q, clock.clone(), cap)) as Rate<IpNet>)
-        };
-        let recipient_rates = policy
-            .classes
-            .iter()
-            .map(|c| {
-                c.recipient_rate
-                    .map(|q| Arc::new(Gcra::new(q, clock.clone(), cap)) as Rate<IpAddr>)
-            })
-            .collect();
-        gauge!("mxgate_slots_capacity").set(a.slots as f64);
-        Arc::new(Self {
-            slots: SlotPool::new(a.slots, policy.classes.len()),
+        let cap = policy.admission.max_tracked_addresses;
+        let make_rate: MakeRate =
+            Box::new(move |q| Arc::new(Gcra::new(q, clock.clone(), cap)) as Rate);
+        let state = Self {
+            slots: SlotPool::new(policy.admission.slots, MAX_CLASSES),
             per_ip: Concurrency::new(),
             per_prefix: Concurrency::new(),
-            ip_rate: keyed(a.connection_rate_per_ip),
-            prefix_rate: keyed(a.connection_rate_per_prefix),
-            recipient_rates,
-        })
+            rates: ArcSwap::from_pointee(Rates::default()),
+            make_rate,
+        };
+        state.reconfigure(policy);
+        Arc::new(state)
+    }
+
+    /// Adopts a new policy: the pool's capacity changes at once (sessions beyond a smaller capacity
+    /// keep their slots and new ones wait until occupancy falls below it); a rate whose quota is
+    /// unchanged keeps its state, a changed one starts afresh. Sessions hold on to what they have.
+    pub fn reconfigure(&self, policy: &Policy) {
+        let a = &policy.admission;
+        self.slots.set_capacity(a.slots);
+        gauge!(telemetry::SLOTS_CAPACITY).set(a.slots as f64);
+        let old = self.rates.load();
+        let keep = |old: &Option<(governor::Quota, Rate)>, quota: Option<governor::Quota>| {
+            quota.map(|q| match old {
+                Some((was, rate)) if *was == q => (q, rate.clone()),
+                _ => (q, (self.make_rate)(q)),
+            })
+        };
+        let recipients = policy
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| keep(old.recipients.get(i).unwrap_or(&None), c.recipient_rate))
+            .collect();
+        self.rates.store(Arc::new(Rates {
+            ip: keep(&old.ip, a.connection_rate_per_ip),
+            prefix: keep(&old.prefix, a.connection_rate_per_prefix),
+            recipients,
+        }));
     }
 
     pub fn slots(&self) -> &Arc<SlotPool> {
@@ -118,12 +145,14 @@ impl AdmissionState {
         let c = policy.class(class);
         let prefix = prefix_of(ip, a.prefix_v4, a.prefix_v6);
         let refuse = |r: Refusal| {
-            counter!("mxgate_limit_refusals_total", "limit" => r.as_str()).increment(1);
+            counter!(telemetry::LIMIT_REFUSALS, "limit" => r.as_str()).increment(1);
             Err(r)
         };
-        let over_rate =
-            |rate: &Option<Rate<IpNet>>, key: IpNet| rate.as_ref().is_some_and(|r| !r.allow(&key));
-        if over_rate(&self.ip_rate, IpNet::from(ip)) || over_rate(&self.prefix_rate, prefix) {
+        let rates = self.rates.load();
+        let over_rate = |rate: &Option<(governor::Quota, Rate)>, key: IpNet| {
+            rate.as_ref().is_some_and(|(_, r)| !r.allow(&key))
+        };
+        if over_rate(&rates.ip, IpNet::from(ip)) || over_rate(&rates.prefix, prefix) {
             return refuse(Refusal::ConnectionRate);
         }
         let Some(ip_guard) = self.per_ip.try_enter(IpNet::from(ip), c.connections_per_ip) else {
@@ -137,7 +166,7 @@ impl AdmissionState {
             return refuse(Refusal::PoolFull);
         };
         if stressed {
-            counter!("mxgate_stress_sessions_total").increment(1);
+            counter!(telemetry::STRESS_SESSIONS).increment(1);
         }
         Ok(AdmissionPermit {
             _slot: slot,
@@ -150,12 +179,14 @@ impl AdmissionState {
     /// Publishes occupancy by class and stress (sampled by the housekeeping task, not per session).
     pub fn publish(&self, policy: &Policy) {
         for (i, class) in policy.classes.iter().enumerate() {
-            gauge!("mxgate_slots_in_use", "class" => class.name.clone())
+            gauge!(telemetry::SLOTS_IN_USE, "class" => class.name.clone())
                 .set(self.slots.in_use_by(i) as f64);
+            let limit = super::slots::limit_for(self.slots.capacity(), class.max_share);
+            gauge!(telemetry::SLOTS_LIMIT, "class" => class.name.clone()).set(limit as f64);
         }
-        gauge!("mxgate_slots_capacity").set(self.slots.capacity() as f64);
+        gauge!(telemetry::SLOTS_CAPACITY).set(self.slots.capacity() as f64);
         let stressed = self.slots.occupancy() >= policy.admission.stress_threshold;
-        gauge!("mxgate_stress").set(if stressed { 1.0 } else { 0.0 });
+        gauge!(telemetry::STRESS).set(if stressed { 1.0 } else { 0.0 });
     }
 
     /// The recipient allowance of `ip` in `class`, shared by all its sessions; `None`: no limit.
@@ -164,20 +195,21 @@ impl AdmissionState {
         class: usize,
         ip: IpAddr,
     ) -> Option<Box<dyn FnMut() -> bool + Send>> {
-        let rate = self.recipient_rates.get(class)?.clone()?;
-        Some(Box::new(move || rate.allow(&ip)))
+        let (_, rate) = self.rates.load().recipients.get(class)?.clone()?;
+        let key = IpNet::from(ip);
+        Some(Box::new(move || rate.allow(&key)))
     }
 
     /// Forgets idle rate state (call every minute); returns the keys still tracked.
     pub fn prune(&self) -> usize {
-        let mut tracked = 0;
-        for rate in [&self.ip_rate, &self.prefix_rate].into_iter().flatten() {
-            tracked += rate.prune();
-        }
-        for rate in self.recipient_rates.iter().flatten() {
-            tracked += rate.prune();
-        }
-        gauge!("mxgate_rate_tracked_keys").set(tracked as f64);
+        let rates = self.rates.load();
+        let tracked = [&rates.ip, &rates.prefix]
+            .into_iter()
+            .chain(rates.recipients.iter())
+            .flatten()
+            .map(|(_, rate)| rate.prune())
+            .sum();
+        gauge!(telemetry::RATE_TRACKED_KEYS).set(tracked as f64);
         tracked
     }
 }

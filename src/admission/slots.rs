@@ -26,6 +26,11 @@ impl SlotPool {
         })
     }
 
+    /// A new capacity, effective for the next acquisition; held permits stay valid.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
     }

@@ -3,6 +3,14 @@
 use std::fmt;
 use std::ops::Range;
 
+/// An error makes a policy unusable; a warning marks one that is valid but probably wrong
+/// (`mxgate check --strict` treats warnings as errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
 /// One problem in a policy file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyIssue {
@@ -10,29 +18,44 @@ pub struct PolicyIssue {
     /// 1-based line and column; 0 when the problem has no single place (e.g. a missing section).
     pub line: usize,
     pub col: usize,
+    pub severity: Severity,
     pub message: String,
 }
 
 impl PolicyIssue {
+    /// An error at `span` of `text`.
     pub fn at(origin: &str, text: &str, span: Option<Range<usize>>, message: String) -> Self {
         let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((0, 0));
         Self {
             origin: origin.to_owned(),
             line,
             col,
+            severity: Severity::Error,
             message,
+        }
+    }
+
+    /// A warning at `span` of `text`.
+    pub fn warning(origin: &str, text: &str, span: Option<Range<usize>>, message: String) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::at(origin, text, span, message)
         }
     }
 }
 
 impl fmt::Display for PolicyIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
         if self.line == 0 {
-            write!(f, "{}: {}", self.origin, self.message)
+            write!(f, "{}: {kind}{}", self.origin, self.message)
         } else {
             write!(
                 f,
-                "{}:{}:{}: {}",
+                "{}:{}:{}: {kind}{}",
                 self.origin, self.line, self.col, self.message
             )
         }

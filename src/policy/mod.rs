@@ -4,14 +4,19 @@
 //! every file (TLS certificate and key) loaded, so that a running server never meets a bad value.
 
 mod error;
+mod hint;
+pub mod lint;
+mod locate;
 mod schema;
+mod source;
 mod validate;
 
-pub use error::{line_col, PolicyError, PolicyIssue};
+pub use error::{line_col, PolicyError, PolicyIssue, Severity};
 pub use schema::{Action, ClientAddressMode, RuleAction};
+pub use source::{Overrides, PolicySource};
 pub use validate::{
     AdmissionPolicy, BackendPolicy, ClassPolicy, DnsPolicy, Policy, PregreetPolicy, ServerPolicy,
-    SessionPolicy, StaticRule,
+    SessionPolicy, StaticRule, MAX_CLASSES,
 };
 
 use std::path::Path;
@@ -42,15 +47,25 @@ impl Policy {
     }
 
     /// Validates policy text; `base_dir` resolves relative paths (certificate files).
+    /// Syntax errors are all reported; past them, the first type error or unknown key; past that,
+    /// every value error. A valid policy carries its lint warnings in `warnings`.
     pub fn parse(origin: &str, text: &str, base_dir: Option<&Path>) -> Result<Policy, PolicyError> {
+        let issue = |e: &toml::de::Error| {
+            PolicyIssue::at(origin, text, e.span(), hint::with_hint(e.message()))
+        };
+        let (_, mut syntax) = toml::de::DeTable::parse_recoverable(text);
+        syntax.sort_by_key(|e| e.span().map(|s| s.start));
+        if !syntax.is_empty() {
+            return Err(PolicyError {
+                issues: syntax.iter().map(issue).collect(),
+            });
+        }
         let file: schema::PolicyFile = toml::from_str(text).map_err(|e| PolicyError {
-            issues: vec![PolicyIssue::at(
-                origin,
-                text,
-                e.span(),
-                e.message().trim_end().to_owned(),
-            )],
+            issues: vec![issue(&e)],
         })?;
-        validate::validate(file, origin, text, base_dir)
+        let locate = locate::Locator::new(text);
+        let mut policy = validate::validate(file, origin, text, &locate, base_dir)?;
+        policy.warnings = lint::lint(&policy, origin, text, &locate);
+        Ok(policy)
     }
 }

@@ -223,6 +223,10 @@ pub struct ServerSection {
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin API requires (`Authorization: Bearer <token>`), written here...
+    pub admin_token: Option<String>,
+    /// ...or read from this file (first line), which keeps it out of a world-readable policy.
+    pub admin_token_file: Option<Spanned<PathBuf>>,
     /// Worker threads, each with its own runtime and listening sockets; default: one per core.
     pub workers: Option<usize>,
 }
@@ -233,6 +237,8 @@ impl Default for ServerSection {
             hostname: default_hostname(),
             listen: default_listen(),
             admin: None,
+            admin_token: None,
+            admin_token_file: None,
             workers: None,
         }
     }

@@ -1,6 +1,7 @@
 //! Turns a parsed policy file into the checked `Policy`, collecting every problem with its place.
 
 use super::error::{PolicyError, PolicyIssue};
+use super::locate::Locator;
 use super::schema::{
     Action, AdmissionSection, ClientAddressMode, Codes, DnsSection, PolicyFile, RuleAction,
 };
@@ -32,6 +33,8 @@ pub struct Policy {
     pub admission: AdmissionPolicy,
     /// The early-talker test: `Some` when enabled.
     pub pregreet: Option<PregreetPolicy>,
+    /// Lints: valid but probably wrong (see `lint`).
+    pub warnings: Vec<PolicyIssue>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +77,7 @@ pub struct ServerPolicy {
     pub hostname: Arc<str>,
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub admin_token: Option<Arc<str>>,
     pub workers: usize,
 }
 
@@ -125,18 +129,21 @@ impl Policy {
 
 fn validate_admission(a: &AdmissionSection, check: &mut Checker<'_>) -> AdmissionPolicy {
     if a.slots == 0 {
-        check.error(
-            None,
+        check.error_at(
+            "admission.slots",
             "admission.slots must be at least 1: the sessions the backend can hold".into(),
         );
     }
-    if a.prefix_v4 > 32 || a.prefix_v6 > 128 {
-        check.error(
-            None,
-            format!(
-                "admission.prefix_v4 = {} / prefix_v6 = {}: at most 32 / 128",
-                a.prefix_v4, a.prefix_v6
-            ),
+    if a.prefix_v4 > 32 {
+        check.error_at(
+            "admission.prefix_v4",
+            format!("prefix_v4 = {} must be at most 32", a.prefix_v4),
+        );
+    }
+    if a.prefix_v6 > 128 {
+        check.error_at(
+            "admission.prefix_v6",
+            format!("prefix_v6 = {} must be at most 128", a.prefix_v6),
         );
     }
     if !(0.0..=1.0).contains(a.stress_threshold.get_ref()) {
@@ -167,6 +174,53 @@ fn validate_admission(a: &AdmissionSection, check: &mut Checker<'_>) -> Admissio
         stress_threshold: *a.stress_threshold.get_ref(),
         stress_idle_timeout: a.stress_idle_timeout,
         stress_messages_per_session: a.stress_messages_per_session.max(1),
+    }
+}
+
+fn admin_token(
+    server: &super::schema::ServerSection,
+    base_dir: Option<&Path>,
+    check: &mut Checker<'_>,
+) -> Option<Arc<str>> {
+    let token = match (&server.admin_token, &server.admin_token_file) {
+        (Some(_), Some(file)) => {
+            check.error(
+                Some(file.span()),
+                "set admin_token or admin_token_file, not both".into(),
+            );
+            return None;
+        }
+        (Some(token), None) => token.trim().to_owned(),
+        (None, Some(file)) => {
+            let path = resolve(file.get_ref(), base_dir);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text.lines().next().unwrap_or_default().trim().to_owned(),
+                Err(e) => {
+                    check.error(
+                        Some(file.span()),
+                        format!("cannot read admin_token_file {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, None) => return None,
+    };
+    if token.len() < 16 {
+        check.error_at(
+            "server",
+            "the admin token must be at least 16 characters (e.g. `openssl rand -hex 24`)".into(),
+        );
+        return None;
+    }
+    Some(Arc::from(token))
+}
+
+/// A path from the policy, relative to the policy file's directory.
+fn resolve(path: &Path, base_dir: Option<&Path>) -> PathBuf {
+    match base_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
     }
 }
 
@@ -211,14 +265,14 @@ fn validate_dns(dns: &DnsSection, check: &mut Checker<'_>) -> DnsPolicy {
         });
     }
     if dns.budget.is_zero() || dns.budget > Duration::from_secs(30) {
-        check.error(
-            None,
+        check.error_at(
+            "dns.budget",
             format!("dns.budget = {:?} must be between 1ms and 30s", dns.budget),
         );
     }
     if dns.cache_min_ttl > dns.cache_max_ttl {
-        check.error(
-            None,
+        check.error_at(
+            "dns.cache_min_ttl",
             "dns.cache_min_ttl is longer than dns.cache_max_ttl".into(),
         );
     }
@@ -239,6 +293,9 @@ fn validate_dns(dns: &DnsSection, check: &mut Checker<'_>) -> DnsPolicy {
     }
 }
 
+/// Classes a policy may define (the slot pool keeps a counter for each position).
+pub const MAX_CLASSES: usize = 32;
+
 /// RFC 5321 4.5.3.1.4 sets 512 octets for a command line; below that, standard commands do not fit.
 const MIN_COMMAND_LINE: usize = 512;
 /// Above this, one line could hold a whole message in memory before it is refused.
@@ -247,6 +304,7 @@ const MAX_COMMAND_LINE: usize = 64 * 1024;
 struct Checker<'a> {
     origin: &'a str,
     text: &'a str,
+    locate: &'a Locator<'a>,
     issues: Vec<PolicyIssue>,
 }
 
@@ -255,29 +313,37 @@ impl Checker<'_> {
         self.issues
             .push(PolicyIssue::at(self.origin, self.text, span, message));
     }
+
+    /// An error at the value of a dotted key path (see [`Locator::span`]).
+    fn error_at(&mut self, path: &str, message: String) {
+        let span = self.locate.span(path);
+        self.error(span, message);
+    }
 }
 
 pub(super) fn validate(
     file: PolicyFile,
     origin: &str,
     text: &str,
+    locate: &Locator<'_>,
     base_dir: Option<&Path>,
 ) -> Result<Policy, PolicyError> {
     let mut check = Checker {
         origin,
         text,
+        locate,
         issues: Vec::new(),
     };
 
     if file.server.listen.is_empty() {
-        check.error(
-            None,
+        check.error_at(
+            "server.listen",
             "server.listen is empty: name at least one address, e.g. [\"0.0.0.0:25\"]".into(),
         );
     }
     if file.server.hostname.is_empty() || file.server.hostname.contains(char::is_whitespace) {
-        check.error(
-            None,
+        check.error_at(
+            "server.hostname",
             format!(
                 "server.hostname {:?} must be one word, e.g. \"mx1.example.net\"",
                 file.server.hostname
@@ -285,20 +351,25 @@ pub(super) fn validate(
         );
     }
     if file.server.workers == Some(0) || file.server.workers.is_some_and(|w| w > 1024) {
-        check.error(
-            None,
+        check.error_at(
+            "server.workers",
             "server.workers must be between 1 and 1024 (default: one per core)".into(),
         );
     }
     let s = &file.session;
     if !(MIN_COMMAND_LINE..=MAX_COMMAND_LINE).contains(&s.max_command_line) {
-        check.error(None, format!("session.max_command_line = {} is outside {MIN_COMMAND_LINE}..={MAX_COMMAND_LINE} (RFC 5321 requires at least 512)", s.max_command_line));
+        check.error_at("session.max_command_line", format!("session.max_command_line = {} is outside {MIN_COMMAND_LINE}..={MAX_COMMAND_LINE} (RFC 5321 requires at least 512)", s.max_command_line));
     }
-    if s.idle_timeout.is_zero() || s.max_duration.is_zero() {
-        check.error(
-            None,
-            "session.idle_timeout and session.max_duration must be longer than 0s".into(),
-        );
+    for (key, value) in [
+        ("idle_timeout", s.idle_timeout),
+        ("max_duration", s.max_duration),
+    ] {
+        if value.is_zero() {
+            check.error_at(
+                &format!("session.{key}"),
+                format!("session.{key} must be longer than 0s"),
+            );
+        }
     }
 
     let mut classes = Vec::with_capacity(file.classes.len());
@@ -366,8 +437,20 @@ pub(super) fn validate(
                 .unwrap_or_else(|| "Service unavailable; client [{ip}] blocked".into()),
         });
     }
+    if classes.len() > MAX_CLASSES {
+        check.error_at(
+            &format!("class.{MAX_CLASSES}.name"),
+            format!(
+                "{} classes are defined; at most {MAX_CLASSES}",
+                classes.len()
+            ),
+        );
+    }
     if classes.is_empty() {
-        check.error(None, "no [[class]] is defined: define at least one".into());
+        check.error(
+            None,
+            "no [[class]] is defined: define at least one, e.g. [[class]] name = \"all\"".into(),
+        );
     }
     // Classes are tried in order: thresholds must rise, and only the last may take every score.
     let mut previous: Option<i32> = None;
@@ -419,22 +502,19 @@ pub(super) fn validate(
     if file.pregreet.enabled
         && (file.pregreet.delay.is_zero() || file.pregreet.delay > Duration::from_secs(30))
     {
-        check.error(
-            None,
+        check.error_at(
+            "pregreet.delay",
             format!(
                 "pregreet.delay = {:?} must be between 1ms and 30s (postscreen's greet wait is 6s)",
                 file.pregreet.delay
             ),
         );
     }
+    let admin_token = admin_token(&file.server, base_dir, &mut check);
     let tls = file.tls.as_ref().and_then(|tls| {
-        let resolve = |p: &PathBuf| match base_dir {
-            Some(dir) if p.is_relative() => dir.join(p),
-            _ => p.clone(),
-        };
         match crate::session::tls::server_config(
-            &resolve(tls.certificate.get_ref()),
-            &resolve(tls.key.get_ref()),
+            &resolve(tls.certificate.get_ref(), base_dir),
+            &resolve(tls.key.get_ref(), base_dir),
         ) {
             Ok(config) => Some(config),
             Err(e) => {
@@ -454,6 +534,7 @@ pub(super) fn validate(
             hostname: Arc::from(file.server.hostname),
             listen: file.server.listen,
             admin: file.server.admin,
+            admin_token,
             workers: file
                 .server
                 .workers
@@ -484,5 +565,6 @@ pub(super) fn validate(
             delay: file.pregreet.delay,
             weight: file.pregreet.weight,
         }),
+        warnings: Vec::new(),
     })
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// Generous bound for waits on the peers; a test that hits it has failed.
+pub mod http;
 pub mod peers;
 
+/// Generous bound for waits on the peers; a test that hits it has failed.
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A policy for tests: mxgate on an ephemeral loopback port in front of `backend`.

@@ -34,7 +34,7 @@ pub enum Found {
     Miss(watch::Sender<Option<Cached>>),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TtlBounds {
     pub min: Duration,
     pub max: Duration,

@@ -6,6 +6,7 @@ use super::cache::{Cached, DnsCache, Found, Key, TtlBounds};
 use super::filter::CodeFilter;
 use super::lookup::{Answer, DnsLookup};
 use super::query::{normalize, query_name};
+use crate::telemetry;
 use metrics::{counter, gauge, histogram};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 
 /// One weighted entry: answers of `zone` that pass any of `filters` (or any answer, without
 /// filters) add `weight`, once per entry however many records match.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
     pub zone: Arc<str>,
     pub filters: Vec<CodeFilter>,
@@ -24,7 +25,7 @@ pub struct ListEntry {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsListsConfig {
     pub entries: Vec<ListEntry>,
     /// Longest a decision waits for the lists.
@@ -147,12 +148,12 @@ impl DnsLists {
                 Asked::Cached(c) => (true, Some(c)),
                 Asked::Waiting(mut rx) => (false, rx_wait(&mut rx, deadline).await),
             };
-            counter!("mxgate_dnsbl_cache_total", "result" => if cached { "hit" } else { "miss" })
+            counter!(telemetry::DNSBL_CACHE, "result" => if cached { "hit" } else { "miss" })
                 .increment(1);
             let result = match answer {
                 None => {
                     self.complain(zone, "no answer within the DNS budget");
-                    counter!("mxgate_dnsbl_lookups_total", "zone" => zone.zone.to_string(), "result" => "late").increment(1);
+                    counter!(telemetry::DNSBL_LOOKUPS, "zone" => zone.zone.to_string(), "result" => "late").increment(1);
                     ZoneResult {
                         zone: zone.zone.clone(),
                         outcome: Outcome::Late,
@@ -214,14 +215,14 @@ impl DnsLists {
                         .lookup
                         .lookup_a(query_name(ip, &zone), lists.config.query_timeout)
                         .await;
-                    histogram!("mxgate_dnsbl_lookup_seconds", "zone" => zone.to_string())
+                    histogram!(telemetry::DNSBL_LOOKUP_SECONDS, "zone" => zone.to_string())
                         .record(started.elapsed().as_secs_f64());
                     let result = match &answer {
                         Answer::Records { .. } => "listed",
                         Answer::NotListed { .. } => "not_listed",
                         Answer::Failed(f) => f.as_str(),
                     };
-                    counter!("mxgate_dnsbl_lookups_total", "zone" => zone.to_string(), "result" => result).increment(1);
+                    counter!(telemetry::DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
                     lists.cache.complete(key, answer, sender, Instant::now());
                 });
                 Asked::Waiting(rx)
@@ -253,8 +254,7 @@ impl DnsLists {
                     self.complain(zone, what);
                     if zone.usable.swap(false, Ordering::Relaxed) {
                         tracing::warn!(zone = %zone.zone, reason = what, "DNS list taken out of scoring until its self-test passes");
-                        gauge!("mxgate_dnsbl_list_usable", "zone" => zone.zone.to_string())
-                            .set(0.0);
+                        gauge!(telemetry::DNSBL_USABLE, "zone" => zone.zone.to_string()).set(0.0);
                     }
                     Outcome::Error(if refusal {
                         "refused_127.255.255.x"
@@ -269,7 +269,7 @@ impl DnsLists {
     }
 
     fn complain(&self, zone: &ZoneState, what: &str) {
-        counter!("mxgate_dnsbl_errors_total", "zone" => zone.zone.to_string()).increment(1);
+        counter!(telemetry::DNSBL_ERRORS, "zone" => zone.zone.to_string()).increment(1);
         let now = Instant::now();
         let mut last = zone
             .last_complaint
@@ -294,7 +294,7 @@ impl DnsLists {
             let zone = &self.zones[i];
             let usable = problem.is_none();
             let was = zone.usable.swap(usable, Ordering::Relaxed);
-            gauge!("mxgate_dnsbl_list_usable", "zone" => zone.zone.to_string()).set(if usable {
+            gauge!(telemetry::DNSBL_USABLE, "zone" => zone.zone.to_string()).set(if usable {
                 1.0
             } else {
                 0.0

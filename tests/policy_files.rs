@@ -102,6 +102,11 @@ fn broken_policies_point_at_the_mistake() {
             "name = \"neutral\"\nmessages_per_session = 0",
             "test:16:24: messages_per_session must be at least 1",
         ),
+        (
+            "name = \"neutral\"",
+            "name = \"neutral\"\n[[dns.list]]\nzone = \"zen.spamhaus.org\"\ncodes = \"128.0.0.2\"",
+            "test:18:9: return-code filter \"128.0.0.2\" can never match",
+        ),
         // Unknown keys come with the closest known one.
         (
             "name = \"neutral\"",
@@ -240,6 +245,14 @@ fn every_syntax_error_is_listed() {
         places.windows(2).all(|w| w[0] <= w[1]),
         "in file order: {err}"
     );
+}
+
+#[test]
+fn every_value_error_is_listed_in_file_order() {
+    let text = "[backend]\naddress = \"127.0.0.1:25\"\n[admission]\nslots = 0\n[[class]]\nname = \"a\"\nmax_share = 2.0\nrecipient_rate = \"lots\"\n";
+    let err = Policy::parse("test", text, None).unwrap_err();
+    let places: Vec<(usize, usize)> = err.issues.iter().map(|i| (i.line, i.col)).collect();
+    assert_eq!(places, [(4, 9), (7, 13), (8, 18)], "{err}");
 }
 
 /// Each lint, triggered by a minimal policy: (addition to a valid policy, expected warning start).

@@ -525,6 +525,8 @@ pub(super) fn validate(
     });
 
     if !check.issues.is_empty() {
+        // In file order; problems with no single place last.
+        check.issues.sort_by_key(|i| (i.line == 0, i.line, i.col));
         return Err(PolicyError {
             issues: check.issues,
         });

@@ -43,7 +43,15 @@ impl CodeFilter {
         }
         let mut parsed: [Vec<(u8, u8)>; 4] = Default::default();
         for (slot, octet) in parsed.iter_mut().zip(&octets) {
-            *slot = parse_octet(octet).map_err(|e| format!("return-code filter {text:?}: {e}"))?;
+            *slot = parse_octet(octet).map_err(|e| {
+                format!("return-code filter {text:?}: {e}; write e.g. \"127.0.0.2\", \"127.0.0.[10;11]\" or \"127.0.[0..255].[2..3]\"")
+            })?;
+        }
+        // Answers outside 127.0.0.0/8 are errors, never listings (RFC 5782): such a filter never matches.
+        if !parsed[0].iter().any(|&(lo, hi)| (lo..=hi).contains(&127)) {
+            return Err(format!(
+                "return-code filter {text:?} can never match: list answers are in 127.0.0.0/8 (anything else is an error answer)"
+            ));
         }
         Ok(CodeFilter {
             octets: parsed,

@@ -7,5 +7,12 @@
 pub mod client;
 pub mod demo;
 pub mod dnsbl;
+pub mod harness;
+pub mod plot;
+pub mod population;
 pub mod refusals;
+pub mod report;
+pub mod scenario;
+pub mod scrape;
 pub mod sink;
+pub mod stats;

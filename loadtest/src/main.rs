@@ -20,6 +20,21 @@ struct Cli {
 enum Command {
     /// Start the sink MTA and mxgate on loopback, play a few senders, show what mxgate decided.
     Demo,
+    /// Run a scenario (loadtest/scenarios/*.toml): sender populations against mxgate, a report
+    /// with plots. With --compare, the same scenario against a second policy or no gate.
+    Run {
+        /// The scenario file.
+        scenario: std::path::PathBuf,
+        /// Policy for mxgate, instead of the scenario's `[gate] policy`.
+        #[arg(long)]
+        policy: Option<std::path::PathBuf>,
+        /// A/B: run again against this policy file, or `direct` (no gate, straight to the sink).
+        #[arg(long)]
+        compare: Option<String>,
+        /// Where report.json, report.md and the SVG plots go (default: target/loadtest/<scenario>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Serve DNS list zones on a loopback UDP port until Ctrl-C: the built-in test zones
     /// (zen.spamhaus.org, list.dnswl.org) or `--zone NAME=FILE` (rbldnsd ip4set data).
     Dnsbl {
@@ -44,6 +59,14 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => mxgate_loadtest::demo::run().await?,
+        Command::Run {
+            scenario,
+            policy,
+            compare,
+            out,
+        } => {
+            mxgate_loadtest::report::run_scenario(&scenario, policy, compare, out).await?;
+        }
         Command::Refusals(opts) => mxgate_loadtest::refusals::run(opts).await?,
         Command::Dnsbl { listen, zones } => {
             let zones = if zones.is_empty() {

@@ -189,6 +189,11 @@ fn explain(policy: Policy, ip: std::net::IpAddr) -> anyhow::Result<String> {
 /// the main thread's runtime runs the housekeeping, the admin API and the signals. A worker that
 /// stops for any reason stops them all.
 fn run(source: PolicySource) -> anyhow::Result<()> {
+    // Every session holds two descriptors: take the whole hard limit, as haproxy does.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let policy = match source.load() {
         Ok(policy) => policy,
         Err(e) => anyhow::bail!("{e}"),

@@ -3,6 +3,8 @@
 
 mod common;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{gate_and_sink, policy_text, Gate};
 use mxgate::policy::Policy;
 
@@ -59,6 +61,43 @@ async fn silent_client_times_out() {
     );
     assert!(silent.closed_by_server().await);
     assert_eq!(sink.messages().len(), 1);
+    gate.stop().await;
+}
+
+/// A backend that greets a moment after it accepts (as a loaded MTA does): the client's idle timeout
+/// still counts from the last bytes, not from each wake-up of the timer. (Found by the slowloris
+/// scenario: the deadline used to move forward every time the timer fired early, for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out_behind_a_slow_greeting() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let (mut stream, _) = backend.accept().await.unwrap();
+        // The greeting comes 50 ms after the connection: a slow MTA, not synchronisation.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stream.write_all(b"220 slow.test ESMTP\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        rest
+    });
+    let text = common::policy_text(backend_addr, "none", "idle_timeout = \"1s\"", "");
+    let policy = mxgate::policy::Policy::parse("test", &text, None).unwrap();
+    let gate = common::Gate::start(policy).await;
+    let mut silent = gate.client_from("127.0.0.34").await;
+    let reply = silent.read_reply().await.unwrap();
+    assert!(
+        reply
+            .text
+            .starts_with("421 4.4.2 mx.test Error: timeout exceeded"),
+        "{reply}"
+    );
+    assert!(silent.closed_by_server().await);
+    // The backend was told QUIT, or at least let go of.
+    let told = tokio::time::timeout(common::WAIT, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(told.is_empty() || told.starts_with(b"QUIT"), "{told:?}");
     gate.stop().await;
 }
 

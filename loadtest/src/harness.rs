@@ -64,8 +64,9 @@ pub struct RunReport {
     pub good: GoodMail,
     /// Time to delivery over all good mail, retries included.
     pub good_delivery_seconds: Percentiles,
-    /// Messages the sink received, by population: what the senders were told matches what arrived.
-    pub sink_messages: BTreeMap<String, u64>,
+    /// Recipients the sink received, by population: what the senders were told matches what
+    /// arrived (a message deferred for some recipients arrives twice, split).
+    pub sink_recipients: BTreeMap<String, u64>,
     pub gate: Option<GateReport>,
 }
 
@@ -146,14 +147,21 @@ pub async fn run(scenario: &Scenario, target: &Target) -> anyhow::Result<RunRepo
 
     let clock = RunClock::new(scenario.duration, scenario.drain);
     let stop_scraping = CancellationToken::new();
-    let scraper = admin.map(|admin| {
-        tokio::spawn(scrape::scrape(
-            admin,
-            Duration::from_millis(250),
-            clock.start,
-            stop_scraping.clone(),
-        ))
-    });
+    let scraper = match admin {
+        Some(admin) => {
+            let (baseline_taken, baseline) = tokio::sync::oneshot::channel();
+            let scraper = tokio::spawn(scrape::scrape(
+                admin,
+                Duration::from_millis(250),
+                clock.start,
+                stop_scraping.clone(),
+                baseline_taken,
+            ));
+            let _ = baseline.await;
+            Some(scraper)
+        }
+        None => None,
+    };
     let stats: Vec<Arc<PopulationStats>> = scenario
         .populations
         .iter()
@@ -180,12 +188,12 @@ pub async fn run(scenario: &Scenario, target: &Target) -> anyhow::Result<RunRepo
     if let Some(gate) = gate {
         gate.stop().await?;
     }
-    let mut sink_messages = BTreeMap::new();
+    let mut sink_recipients = BTreeMap::new();
     for message in sink.messages() {
         let name = Population::index_of(message.client)
             .and_then(|i| scenario.populations.get(i))
             .map_or("(unknown)", |p| p.name.as_str());
-        *sink_messages.entry(name.to_owned()).or_insert(0) += 1;
+        *sink_recipients.entry(name.to_owned()).or_insert(0) += message.rcpts.len() as u64;
     }
     sink.stop().await;
     dns.stop().await;
@@ -221,7 +229,7 @@ pub async fn run(scenario: &Scenario, target: &Target) -> anyhow::Result<RunRepo
         good: GoodMail::of(&populations),
         good_delivery_seconds: Percentiles::of_sorted(&good_latencies),
         populations,
-        sink_messages,
+        sink_recipients,
         gate,
     })
 }

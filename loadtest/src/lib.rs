@@ -16,3 +16,4 @@ pub mod scenario;
 pub mod scrape;
 pub mod sink;
 pub mod stats;
+pub mod throughput;

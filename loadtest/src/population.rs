@@ -263,6 +263,7 @@ impl Sender {
             };
             match self.transaction(&mut client, front.recipients_left).await {
                 Ok(Transaction::Delivered { accepted }) => {
+                    self.stats.recipients_delivered(accepted);
                     front.recipients_left = front.recipients_left.saturating_sub(accepted);
                     if front.recipients_left == 0 {
                         self.stats.delivered(front.offered_at.elapsed());

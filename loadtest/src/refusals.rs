@@ -61,7 +61,31 @@ async fn refused_once(target: SocketAddr, source: IpAddr) -> anyhow::Result<u16>
     Ok(std::str::from_utf8(&buf[..3])?.parse()?)
 }
 
+/// What a refusal flood measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusalFigures {
+    pub refused: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    /// mxgate's CPU time per refusal, in microseconds.
+    pub cpu_us: f64,
+    /// DNS queries during the flood (the cache is warm: expect 0).
+    pub dns_queries: u64,
+}
+
 pub async fn run(opts: RefusalOptions) -> anyhow::Result<()> {
+    let f = measure(opts).await?;
+    println!(
+        "refused {} connections in {:.2} s: {:.0} refusals/s; errors {}; mxgate CPU {:.1} us per refusal; \
+         DNS queries during the flood: {} (warm cache)",
+        f.refused, f.seconds, f.per_second, f.errors, f.cpu_us, f.dns_queries
+    );
+    Ok(())
+}
+
+/// Runs the refusal flood and returns its figures.
+pub async fn measure(opts: RefusalOptions) -> anyhow::Result<RefusalFigures> {
     let mut zones = demo_zones();
     let zen =
         Zone::parse("127.0.0.2\n127.0.100.0/23 :127.0.0.2:SBL\n127.0.102.0/23 :127.0.0.10:PBL\n")
@@ -127,16 +151,16 @@ pub async fn run(opts: RefusalOptions) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(gate.pid())? - cpu_before;
     let refused = done.load(Ordering::Relaxed);
-    println!(
-        "refused {refused} connections in {elapsed:.2} s: {:.0} refusals/s; errors {}; mxgate CPU {:.1} us per refusal; \
-         DNS queries during the flood: {} (warm cache)",
-        refused as f64 / elapsed,
-        errors.load(Ordering::Relaxed),
-        cpu / refused.max(1) as f64 * 1e6,
-        dns.queries() - queries_after_warmup,
-    );
+    let figures = RefusalFigures {
+        refused,
+        errors: errors.load(Ordering::Relaxed),
+        seconds: elapsed,
+        per_second: refused as f64 / elapsed,
+        cpu_us: cpu / refused.max(1) as f64 * 1e6,
+        dns_queries: dns.queries() - queries_after_warmup,
+    };
     gate.stop().await?;
     dns.stop().await;
     sink.stop().await;
-    Ok(())
+    Ok(figures)
 }

@@ -77,18 +77,25 @@ pub fn render_run(run: &RunReport) -> String {
         secs(d.p99),
         secs(d.max)
     );
-    let sink: Vec<String> = run
-        .sink_messages
+    let checks: Vec<String> = run
+        .populations
         .iter()
-        .map(|(name, n)| format!("{name} {n}"))
+        .filter(|p| p.recipients_delivered > 0 || run.sink_recipients.contains_key(&p.name))
+        .map(|p| {
+            let arrived = run.sink_recipients.get(&p.name).copied().unwrap_or(0);
+            format!(
+                "{} {arrived} (senders were told {})",
+                p.name, p.recipients_delivered
+            )
+        })
         .collect();
     let _ = writeln!(
         out,
-        "The sink received: {}.",
-        if sink.is_empty() {
-            "nothing".into()
+        "Recipients the sink received: {}.",
+        if checks.is_empty() {
+            "none".into()
         } else {
-            sink.join(", ")
+            checks.join(", ")
         }
     );
     if let Some(gate) = &run.gate {

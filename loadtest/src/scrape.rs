@@ -102,13 +102,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
-/// Scrapes `admin` every `every` until `stop`; returns what it saw.
+/// Scrapes `admin` every `every` until `stop`; returns what it saw. `baseline_taken` fires after
+/// the first scrape, so that the load starts after it and every decision of the run is counted.
 pub async fn scrape(
     admin: SocketAddr,
     every: Duration,
     start: Instant,
     stop: CancellationToken,
+    baseline_taken: tokio::sync::oneshot::Sender<()>,
 ) -> GateMetrics {
+    let mut baseline_taken = Some(baseline_taken);
     let mut metrics = GateMetrics::default();
     let mut first: Option<Buckets> = None;
     let mut last: Buckets = Vec::new();
@@ -132,6 +135,10 @@ pub async fn scrape(
                 }
                 last = page.decision_buckets;
             }
+        }
+        if let Some(taken) = baseline_taken.take() {
+            first.get_or_insert_with(Vec::new);
+            let _ = taken.send(());
         }
         if stopping {
             break;

@@ -113,7 +113,15 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(config: SinkConfig) -> io::Result<Sink> {
-        let listener = TcpListener::bind(config.listen).await?;
+        // A deep accept queue: load runs open hundreds of connections at once, and the default
+        // of 128 would drop SYNs (a second's retransmit each) or strand handshakes.
+        let socket = match config.listen {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.listen)?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {

@@ -29,6 +29,9 @@ pub struct PopulationStats {
     failed: AtomicU64,
     offered: AtomicU64,
     delivered: AtomicU64,
+    /// Recipients the backend accepted (a message deferred for some recipients is delivered to
+    /// the others, then retried for the rest).
+    recipients_delivered: AtomicU64,
     /// 4xx answers to a message (it stays queued when the sender retries).
     message_deferrals: AtomicU64,
     /// 5xx answers: the message is returned to its sender.
@@ -76,6 +79,11 @@ impl PopulationStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(waited.as_secs_f64());
+    }
+
+    pub fn recipients_delivered(&self, n: usize) {
+        self.recipients_delivered
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn message_deferred(&self) {
@@ -137,6 +145,7 @@ impl PopulationStats {
             admission_ratio: ratio(admitted, tried),
             messages_offered: offered,
             messages_delivered: delivered,
+            recipients_delivered: get(&self.recipients_delivered),
             message_deferrals: get(&self.message_deferrals),
             messages_rejected: get(&self.rejected),
             messages_abandoned: get(&self.abandoned),
@@ -203,6 +212,7 @@ pub struct PopulationSummary {
     pub admission_ratio: f64,
     pub messages_offered: u64,
     pub messages_delivered: u64,
+    pub recipients_delivered: u64,
     pub message_deferrals: u64,
     pub messages_rejected: u64,
     pub messages_abandoned: u64,

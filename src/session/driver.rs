@@ -219,8 +219,11 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
 ) -> Next {
     let mut out = Output::default();
     // Timers are armed once and moved lazily: re-arming a timer on every read would cost a timer-wheel
-    // update per SMTP command. The idle timer may fire early; it then re-arms to the real deadline.
-    let idle_timer = sleep_until(Instant::now() + t.idle);
+    // update per SMTP command. The idle timer may fire early; it then re-arms to the real deadline,
+    // which counts from the last bytes read (never from the timer's own wake-up, or an idle peer
+    // whose first bytes came a moment after the timer was armed would never time out).
+    let mut last_read = Instant::now();
+    let idle_timer = sleep_until(last_read + t.idle);
     let session_timer = sleep_until(t.session_deadline);
     let cancelled = shutdown.cancelled();
     tokio::pin!(idle_timer, session_timer, cancelled);
@@ -235,7 +238,7 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
             Some(false) => t.reply,
             None => t.idle,
         };
-        let deadline = Instant::now() + wait;
+        let deadline = last_read + wait;
         if deadline < idle_timer.deadline() {
             idle_timer.as_mut().reset(deadline);
         }
@@ -261,11 +264,13 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = &mut session_timer => relay.on_session_expired(&mut out),
             read = link.backend.read_buf(&mut link.backend_in) => {
+                last_read = Instant::now();
                 if !matches!(read, Ok(n) if n > 0) {
                     relay.on_backend_eof(&mut out);
                 }
             }
             read = client.read_buf(&mut link.client_in), if wants_client => {
+                last_read = Instant::now();
                 if !matches!(read, Ok(n) if n > 0) {
                     relay.on_client_eof(&mut out);
                 }

@@ -1,0 +1,351 @@
+//! `mxgate-loadtest throughput`: the speed figures in one run, with the harness's own client and
+//! sink. Messages per second straight to the sink, through haproxy (TCP mode) and through mxgate at
+//! 50 and 500 concurrent sessions, with each proxy's CPU per 1,000 messages; refusals per second
+//! from listed addresses; mxgate's memory per idle session. Bounded in count and time.
+
+use crate::client::SmtpClient;
+use crate::demo::{mxgate_binary, MxgateProcess};
+use crate::scrape::{cpu_seconds, memory_kib};
+use crate::sink::{Sink, SinkConfig};
+use anyhow::{bail, Context};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThroughputOptions {
+    /// Messages per measured run.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: u64,
+    /// Runs per path and session count (the median is reported); paths alternate.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Concurrent sessions to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "50,500")]
+    pub sessions: Vec<usize>,
+    /// Connections refused in the refusal measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub refusals: u64,
+    /// Idle sessions held for the memory measurement (each costs mxgate two descriptors).
+    #[arg(long, default_value_t = 9_900)]
+    pub idle_sessions: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+}
+
+/// The policy of the throughput runs: no limit of mxgate's gets in the way of the load.
+const BENCH_POLICY: &str = r#"
+[server]
+hostname = "bench.localdomain"
+[backend]
+address = "127.0.0.1:10025"
+client_address = "none"
+[admission]
+slots = 20000
+[[class]]
+name = "bench"
+messages_per_session = 1000000
+recipients_per_message = 1000
+connections_per_ip = 0
+"#;
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// The `i`-th load source: 127.40.0.1 upward.
+fn source(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        40 + (i / 62_500) as u8,
+        ((i / 250) % 250) as u8,
+        (i % 250) as u8 + 1,
+    ))
+}
+
+/// `sessions` persistent sessions deliver `messages` messages between them; returns msg/s.
+async fn deliver(
+    target: SocketAddr,
+    sessions: usize,
+    messages: u64,
+    body: Arc<Vec<u8>>,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..sessions {
+        let (next, body) = (next.clone(), body.clone());
+        tasks.spawn(async move {
+            let mut client = SmtpClient::connect(target, Some(source(i))).await?;
+            client.reply_timeout = Duration::from_secs(60);
+            let greeting = client.read_reply().await?;
+            if greeting.code != 220 {
+                bail!("greeting {greeting}");
+            }
+            client.command("EHLO load.test").await?;
+            while next.fetch_add(1, Ordering::Relaxed) < messages {
+                let reply = client
+                    .send_message("load@source.test", &["rcpt@sink.test"], &body)
+                    .await?;
+                if reply.code != 250 {
+                    bail!("message refused: {reply}");
+                }
+            }
+            let _ = client.command("QUIT").await;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("load task")??;
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on {addr}")
+}
+
+/// haproxy in TCP mode in front of `backend`, if it is installed.
+async fn start_haproxy(
+    dir: &std::path::Path,
+    backend: SocketAddr,
+) -> anyhow::Result<Option<(Child, SocketAddr)>> {
+    let bin = std::path::Path::new("/usr/sbin/haproxy");
+    if !bin.exists() {
+        return Ok(None);
+    }
+    let listen = free_addr()?;
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\nlisten smtp\n    bind {listen}\n    server sink {backend}\n"
+        ),
+    )?;
+    let child = Command::new(bin)
+        .args(["-db", "-f"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start haproxy")?;
+    wait_listening(listen).await?;
+    Ok(Some((child, listen)))
+}
+
+async fn stop(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    let dir = tempfile_dir()?;
+    let body = Arc::new({
+        let mut b = b"Subject: throughput\r\n\r\n".to_vec();
+        while b.len() + 78 <= opts.size {
+            b.extend_from_slice(&[b'x'; 76]);
+            b.extend_from_slice(b"\r\n");
+        }
+        b
+    });
+    let sink = Sink::start(SinkConfig {
+        keep_bodies: false,
+        ..SinkConfig::loopback()
+    })
+    .await?;
+    let haproxy = start_haproxy(&dir, sink.addr()).await?;
+    let policy = dir.join("bench-policy.toml");
+    std::fs::write(&policy, BENCH_POLICY)?;
+    let listen = free_addr()?;
+    let policy_arg = policy.display().to_string();
+    let gate = MxgateProcess::start_quiet(listen, sink.addr(), &["--policy", &policy_arg]).await?;
+
+    println!(
+        "open file limit {limit}; {} bytes per message; {} messages per run, median of {}\n",
+        body.len(),
+        opts.messages,
+        opts.reps
+    );
+    println!("| sessions | path | msg/s (median) | proxy CPU ms per 1,000 msg | runs (msg/s) |");
+    println!("| ---: | --- | ---: | ---: | --- |");
+    let mut paths: Vec<(&str, SocketAddr, Option<u32>)> =
+        vec![("direct to the sink", sink.addr(), None)];
+    if let Some((child, addr)) = &haproxy {
+        paths.push(("haproxy (TCP mode)", *addr, child.id()));
+    }
+    paths.push(("mxgate", listen, Some(gate.pid())));
+    let mut comparisons = Vec::new();
+    for &sessions in &opts.sessions {
+        let mut rates = vec![Vec::new(); paths.len()];
+        let mut cpu = vec![Vec::new(); paths.len()];
+        for _ in 0..opts.reps {
+            for (k, (_, addr, pid)) in paths.iter().enumerate() {
+                let before = pid.and_then(cpu_seconds);
+                let rate = deliver(*addr, sessions, opts.messages, body.clone())
+                    .await
+                    .with_context(|| format!("{} at {sessions} sessions", paths[k].0))?;
+                rates[k].push(rate);
+                if let (Some(b), Some(a)) = (before, pid.and_then(cpu_seconds)) {
+                    cpu[k].push((a - b) / opts.messages as f64 * 1e6);
+                }
+            }
+        }
+        let mut medians = Vec::new();
+        for (k, (name, _, _)) in paths.iter().enumerate() {
+            let runs: Vec<String> = rates[k].iter().map(|r| format!("{r:.0}")).collect();
+            let rate = median(&mut rates[k].clone());
+            let per_k = match cpu[k].is_empty() {
+                true => "-".to_owned(),
+                false => format!("{:.0}", median(&mut cpu[k])),
+            };
+            println!(
+                "| {sessions} | {name} | {rate:.0} | {per_k} | {} |",
+                runs.join(", ")
+            );
+            medians.push(rate);
+        }
+        if haproxy.is_some() {
+            comparisons.push((sessions, medians[2] / medians[1]));
+        }
+    }
+    for (sessions, ratio) in comparisons {
+        println!("\nat {sessions} sessions mxgate moved {ratio:.3} times haproxy's message rate");
+    }
+    gate.stop().await?;
+    if let Some((child, _)) = haproxy {
+        stop(child).await;
+    }
+    sink.stop().await;
+
+    let refusals = crate::refusals::measure(crate::refusals::RefusalOptions {
+        connections: opts.refusals,
+        concurrency: 256,
+        seconds: 30,
+    })
+    .await?;
+    println!(
+        "\nrefusals: {:.0} per second from listed addresses ({} refused in {:.2} s), mxgate CPU {:.1} us each",
+        refusals.per_second, refusals.refused, refusals.seconds, refusals.cpu_us
+    );
+
+    let idle = idle_memory(&dir, opts.idle_sessions).await?;
+    println!(
+        "idle sessions: {} held (greeted, EHLO answered, backend connected); mxgate RSS {:.1} MiB before, {:.1} MiB with them, peak {:.1} MiB: {:.1} KiB per idle session",
+        idle.sessions,
+        idle.rss_before_kib as f64 / 1024.0,
+        idle.rss_with_kib as f64 / 1024.0,
+        idle.peak_kib as f64 / 1024.0,
+        idle.per_session_kib
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mxgate-throughput-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+struct IdleMemory {
+    sessions: usize,
+    rss_before_kib: u64,
+    rss_with_kib: u64,
+    peak_kib: u64,
+    per_session_kib: f64,
+}
+
+/// Holds `sessions` admitted, relayed and idle sessions open on a fresh mxgate and reads its
+/// memory. The sink runs as its own process so each process stays within its descriptor limit.
+async fn idle_memory(dir: &std::path::Path, sessions: usize) -> anyhow::Result<IdleMemory> {
+    let sink_addr = free_addr()?;
+    let loadtest = std::env::current_exe()?;
+    let mut sink = Command::new(&loadtest)
+        .args(["sink", "--listen", &sink_addr.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a sink process")?;
+    wait_listening(sink_addr).await?;
+    let _ = mxgate_binary()?;
+    let policy = dir.join("idle-policy.toml");
+    std::fs::write(
+        &policy,
+        BENCH_POLICY.replace(
+            "slots = 20000",
+            "slots = 20000\nmax_tracked_addresses = 20000",
+        ),
+    )?;
+    let listen = free_addr()?;
+    let policy_arg = policy.display().to_string();
+    let gate = MxgateProcess::start_quiet(listen, sink_addr, &["--policy", &policy_arg]).await?;
+    // One session first, so that buffers and runtimes that exist once are in the baseline.
+    let mut warm = SmtpClient::connect(listen, Some(source(0))).await?;
+    warm.read_reply().await?;
+    warm.command("EHLO warm.test").await?;
+    let (_, rss_before_kib) = memory_kib(gate.pid()).context("mxgate memory")?;
+    let mut held = Vec::with_capacity(sessions);
+    let mut opening = tokio::task::JoinSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 1..=sessions {
+        opening.spawn(async move {
+            let mut client = SmtpClient::connect(listen, Some(source(i))).await?;
+            client.reply_timeout = Duration::from_secs(60);
+            let greeting = client.read_reply().await?;
+            let ehlo = client.command("EHLO idle.test").await?;
+            if greeting.code != 220 || ehlo.code != 250 {
+                bail!("not admitted: {greeting} / {ehlo}");
+            }
+            anyhow::Ok(client)
+        });
+        // Keep the handshakes in flight bounded.
+        while opening.len() >= 256 {
+            held.push(opening.join_next().await.context("opening")???);
+        }
+        if Instant::now() > deadline {
+            bail!("opening {sessions} sessions took over two minutes");
+        }
+    }
+    while let Some(done) = opening.join_next().await {
+        held.push(done??);
+    }
+    let (peak_kib, rss_with_kib) = memory_kib(gate.pid()).context("mxgate memory")?;
+    drop(held);
+    drop(warm);
+    gate.stop().await?;
+    if let Some(pid) = sink.id() {
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), sink.wait()).await;
+    Ok(IdleMemory {
+        sessions,
+        rss_before_kib,
+        rss_with_kib,
+        peak_kib,
+        per_session_kib: rss_with_kib.saturating_sub(rss_before_kib) as f64 / sessions as f64,
+    })
+}

@@ -29,7 +29,7 @@ fn secs(x: f64) -> String {
 fn population_row(p: &PopulationSummary) -> String {
     let d = &p.delivery_seconds;
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         p.name,
         if p.good { "yes" } else { "no" },
         p.connections_tried,
@@ -43,6 +43,7 @@ fn population_row(p: &PopulationSummary) -> String {
         p.message_deferrals,
         p.messages_rejected + p.messages_abandoned,
         p.messages_undelivered,
+        p.sessions_cut_off,
         if d.count > 0 { secs(d.p50) } else { "-".into() },
         if d.count > 0 { secs(d.p99) } else { "-".into() },
         if d.count > 0 { secs(d.max) } else { "-".into() },
@@ -57,8 +58,8 @@ pub fn render_run(run: &RunReport) -> String {
         "### {} against {} ({:.1} s)\n",
         run.scenario, run.target, run.seconds
     );
-    let _ = writeln!(out, "| population | good | connections | admitted | deferred | refused | failed | admitted % | messages offered | delivered | 4xx | rejected | undelivered | delivery p50 s | p99 s | max s |");
-    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| population | good | connections | admitted | deferred | refused | failed | admitted % | messages offered | delivered | 4xx | rejected | undelivered | cut off | delivery p50 s | p99 s | max s |");
+    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for p in &run.populations {
         let _ = writeln!(out, "{}", population_row(p));
     }

@@ -20,8 +20,9 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source} (is another MTA on that port, or is the capability to bind it missing?)")]
-    Bind { addr: SocketAddr, source: io::Error },
+    // `reason`, not `source`: the message already says it, and error chains would say it twice.
+    #[error("cannot listen on {addr}: {reason} (is another MTA, or another mxgate, on that port; or is the capability to bind it missing?)")]
+    Bind { addr: SocketAddr, reason: io::Error },
     #[error(transparent)]
     Resolver(#[from] ResolverError),
 }
@@ -99,6 +100,16 @@ pub fn bind_per_worker(
     use socket2::{Domain, Socket, Type};
     let mut sets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for &addr in addrs {
+        // SO_REUSEPORT would let a second mxgate (or anything of the same user) share the port
+        // silently, each deciding with its own policy: probe with a plain bind first.
+        if addr.port() != 0 {
+            if let Err(source) = std::net::TcpListener::bind(addr) {
+                return Err(ServerError::Bind {
+                    addr,
+                    reason: source,
+                });
+            }
+        }
         for set in &mut sets {
             let bind = || -> io::Result<std::net::TcpListener> {
                 let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -109,7 +120,10 @@ pub fn bind_per_worker(
                 socket.listen(1024)?;
                 Ok(socket.into())
             };
-            set.push(bind().map_err(|source| ServerError::Bind { addr, source })?);
+            set.push(bind().map_err(|source| ServerError::Bind {
+                addr,
+                reason: source,
+            })?);
         }
     }
     Ok(sets)
@@ -133,7 +147,10 @@ impl Server {
         for &addr in &policy.server.listen {
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
+                .map_err(|source| ServerError::Bind {
+                    addr,
+                    reason: source,
+                })?;
             listeners.push(listener);
         }
         Ok(Server {

@@ -17,6 +17,34 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
+type Chart<'a> = ChartContext<
+    'a,
+    SVGBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A white canvas with a caption and axes from 0 to `x_max` seconds and 0 to `y_max`.
+fn frame<'a>(
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    caption: &str,
+    x_max: f64,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<Chart<'a>, Box<dyn std::error::Error>> {
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
 
 /// Slots in use by class (and the capacity) over the run, from mxgate's scraped metrics.
 pub fn occupancy(run: &RunReport, path: &Path) -> PlotResult {
@@ -34,21 +62,8 @@ pub fn occupancy(run: &RunReport, path: &Path) -> PlotResult {
         .fold(1.0, f64::max)
         * 1.1;
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: slots in use by class ({})", run.scenario, run.target),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("slots")
-        .draw()?;
+    let caption = format!("{}: slots in use by class ({})", run.scenario, run.target);
+    let mut chart = frame(&root, &caption, t_max, y_max, "slots")?;
     let capacity: Vec<(f64, f64)> = samples.iter().map(|s| (s.t, s.capacity)).collect();
     chart
         .draw_series(LineSeries::new(capacity, BLACK.stroke_width(1)))?
@@ -94,21 +109,8 @@ pub fn connections(run: &RunReport, path: &Path) -> PlotResult {
         .max(1) as f64
         * 1.1;
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: connections per second ({})", run.scenario, run.target),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0.0..seconds as f64, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("connections / s")
-        .draw()?;
+    let caption = format!("{}: connections per second ({})", run.scenario, run.target);
+    let mut chart = frame(&root, &caption, seconds as f64, y_max, "connections / s")?;
     for (i, p) in run.populations.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let series = |column: usize| -> Vec<(f64, f64)> {

@@ -91,7 +91,8 @@ pub fn occupancy(run: &RunReport, path: &Path) -> PlotResult {
     Ok(())
 }
 
-/// Connections admitted (solid) and deferred or refused (thin) per second, by population.
+/// Connections per second by population: admitted (top) and deferred or refused (bottom), each
+/// panel on its own scale so that a few good senders stay visible next to a flood.
 pub fn connections(run: &RunReport, path: &Path) -> PlotResult {
     let seconds = run
         .populations
@@ -100,42 +101,47 @@ pub fn connections(run: &RunReport, path: &Path) -> PlotResult {
         .max()
         .unwrap_or(0)
         .max(1);
-    let y_max = run
-        .populations
+    let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
+    let panels = root.split_evenly((2, 1));
+    for (column, (panel, what)) in panels
         .iter()
-        .flat_map(|p| p.per_second.iter().flat_map(|s| s.iter().copied()))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
-        * 1.1;
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    let caption = format!("{}: connections per second ({})", run.scenario, run.target);
-    let mut chart = frame(&root, &caption, seconds as f64, y_max, "connections / s")?;
-    for (i, p) in run.populations.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let series = |column: usize| -> Vec<(f64, f64)> {
-            p.per_second
+        .zip(["admitted", "deferred or refused"])
+        .enumerate()
+    {
+        let y_max = run
+            .populations
+            .iter()
+            .flat_map(|p| p.per_second.iter().map(|s| s[column]))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64
+            * 1.1;
+        let caption = format!(
+            "{}: connections {what} per second ({})",
+            run.scenario, run.target
+        );
+        let mut chart = frame(panel, &caption, seconds as f64, y_max, "connections / s")?;
+        for (i, p) in run.populations.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, f64)> = p
+                .per_second
                 .iter()
                 .enumerate()
                 .map(|(t, s)| (t as f64 + 0.5, s[column] as f64))
-                .collect()
-        };
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                .label(p.name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
         chart
-            .draw_series(LineSeries::new(series(0), color.stroke_width(2)))?
-            .label(format!("{} admitted", p.name))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(LineSeries::new(series(1), color.mix(0.6).stroke_width(1)).point_size(2))?
-            .label(format!("{} deferred/refused", p.name))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.mix(0.6)));
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -35,7 +35,7 @@ enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Serve DNS list zones on a loopback UDP port until Ctrl-C: the built-in test zones
+    /// Serve DNS list zones on a loopback UDP port until Ctrl-C or SIGTERM: the built-in test zones
     /// (zen.spamhaus.org, list.dnswl.org) or `--zone NAME=FILE` (rbldnsd ip4set data).
     Dnsbl {
         #[arg(long, default_value = "127.0.0.1:5353")]
@@ -48,7 +48,7 @@ enum Command {
     /// The speed figures in one run: msg/s direct, through haproxy and through mxgate at 50 and
     /// 500 sessions, CPU per 1,000 messages, refusals per second, memory per idle session.
     Throughput(mxgate_loadtest::throughput::ThroughputOptions),
-    /// Run the sink MTA until Ctrl-C, then print what each session delivered.
+    /// Run the sink MTA until Ctrl-C or SIGTERM, then print what each session delivered.
     Sink {
         #[arg(long, default_value = "127.0.0.1:10025")]
         listen: SocketAddr,
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             eprintln!("DNS lists on {} (UDP)", server.addr());
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             eprintln!("{} queries answered", server.queries());
             server.stop().await;
         }
@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             config.keep_bodies = false;
             let sink = Sink::start(config).await?;
             eprintln!("sink listening on {}", sink.addr());
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             for s in sink.sessions() {
                 println!(
                     "session {} from {} ({}): {} messages",
@@ -119,4 +119,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM: the servers started here stop on either.
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -205,11 +205,12 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the main runtime")?;
+    // The file's policy was linted; `--admin` may have moved the admin address since.
+    if let Some(addr) = mxgate::policy::lint::exposed_admin_address(&policy) {
+        tracing::warn!(admin = %addr, "the admin API is not on loopback and has no token: anyone who reaches it can reload the policy");
+    }
     let admin = match policy.server.admin {
         Some(addr) => {
-            if !addr.ip().is_loopback() && policy.server.admin_token.is_none() {
-                tracing::warn!(admin = %addr, "the admin API is not on loopback and has no token: anyone who reaches it can reload the policy");
-            }
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .with_context(|| format!("cannot listen for the admin API on {addr}"))?;

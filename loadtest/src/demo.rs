@@ -135,10 +135,9 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A free TCP address on 127.0.0.1 (bound, then released for a server to take).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Runs the demo, printing as it goes.
@@ -155,7 +154,7 @@ pub async fn run() -> anyhow::Result<()> {
         "DNS lists on {} (test zones for zen.spamhaus.org and list.dnswl.org)",
         dns.addr()
     );
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let listen = free_addr()?;
     let resolver = dns.addr().to_string();
     let gate = MxgateProcess::start(
         listen,

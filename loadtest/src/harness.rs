@@ -2,7 +2,7 @@
 //! directly): starts the DNS list server and the sink, plays the populations with a progress line,
 //! scrapes mxgate's metrics, stops everything it started, and returns the figures.
 
-use crate::demo::MxgateProcess;
+use crate::demo::{free_addr, MxgateProcess};
 use crate::dnsbl::{DnsblServer, Zone};
 use crate::population::{self, RunClock};
 use crate::scenario::{Population, Scenario};
@@ -90,10 +90,6 @@ pub fn zones_for(scenario: &Scenario) -> Vec<(&'static str, Zone)> {
         ("zen.spamhaus.org", parse(&zen)),
         ("list.dnswl.org", parse(&dnswl)),
     ]
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Runs `scenario` against `target`.

@@ -46,6 +46,30 @@ fn frame<'a>(
     Ok(chart)
 }
 
+/// One labelled line.
+fn line(
+    chart: &mut Chart<'_>,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    label: &str,
+) -> PlotResult {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The box naming every line.
+fn legend(chart: &mut Chart<'_>) -> PlotResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Slots in use by class (and the capacity) over the run, from mxgate's scraped metrics.
 pub fn occupancy(run: &RunReport, path: &Path) -> PlotResult {
     let Some(gate) = &run.gate else {
@@ -75,18 +99,9 @@ pub fn occupancy(run: &RunReport, path: &Path) -> PlotResult {
             .iter()
             .map(|s| (s.t, s.in_use.get(*class).copied().unwrap_or(0.0)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(class.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+        line(&mut chart, points, color, class)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(())
 }
@@ -129,18 +144,9 @@ pub fn connections(run: &RunReport, path: &Path) -> PlotResult {
                 .enumerate()
                 .map(|(t, s)| (t as f64 + 0.5, s[column] as f64))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-                .label(p.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                });
+            line(&mut chart, points, color, &p.name)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart)?;
     }
     root.present()?;
     Ok(())

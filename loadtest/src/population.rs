@@ -195,14 +195,22 @@ impl Sender {
     }
 
     /// Connects, is greeted, says EHLO: the connection's outcome, and the client if admitted.
-    async fn open(&self) -> (ConnectionOutcome, Option<(SmtpClient<TcpStream>, Reply)>) {
-        let connected =
-            tokio::time::timeout(REPLY_TIMEOUT, connect_from(self.target, Some(self.source))).await;
-        let Ok(Ok(stream)) = connected else {
-            return (ConnectionOutcome::Failed, None);
-        };
+    /// A connection from this sender's address, within the reply timeout; `None` if none.
+    async fn connect(&self) -> Option<SmtpClient<TcpStream>> {
+        let connect = connect_from(self.target, Some(self.source));
+        let stream = tokio::time::timeout(REPLY_TIMEOUT, connect)
+            .await
+            .ok()?
+            .ok()?;
         let mut client = SmtpClient::new(stream);
         client.reply_timeout = REPLY_TIMEOUT;
+        Some(client)
+    }
+
+    async fn open(&self) -> (ConnectionOutcome, Option<(SmtpClient<TcpStream>, Reply)>) {
+        let Some(mut client) = self.connect().await else {
+            return (ConnectionOutcome::Failed, None);
+        };
         let ehlo = format!("EHLO {}.sender.test\r\n", self.population.name);
         if self.population.early_talker && client.write_raw(ehlo.as_bytes()).await.is_err() {
             return (ConnectionOutcome::Failed, None);
@@ -355,17 +363,12 @@ impl Sender {
     /// mail would stop being offered.
     async fn stay_silent(self) {
         while Instant::now() < self.clock.offer_until {
-            let connected =
-                tokio::time::timeout(REPLY_TIMEOUT, connect_from(self.target, Some(self.source)))
-                    .await;
-            let Ok(Ok(stream)) = connected else {
+            let Some(mut client) = self.connect().await else {
                 self.stats
                     .connection(ConnectionOutcome::Failed, self.clock.second());
                 sleep_until(Instant::now() + self.population.backoff).await;
                 continue;
             };
-            let mut client = SmtpClient::new(stream);
-            client.reply_timeout = REPLY_TIMEOUT;
             let outcome = match client.read_reply().await {
                 Ok(r) if r.code == 220 => ConnectionOutcome::Admitted,
                 Ok(r) => classify(r.code),

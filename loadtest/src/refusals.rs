@@ -3,8 +3,9 @@
 //! Reports refusals per second and mxgate's CPU time per refusal. Bounded in count and time.
 
 use crate::client::connect_from;
-use crate::demo::MxgateProcess;
+use crate::demo::{free_addr, MxgateProcess};
 use crate::dnsbl::{demo_zones, DnsblServer, Zone};
+use crate::scrape::cpu_seconds;
 use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,23 +32,6 @@ fn sources() -> Vec<IpAddr> {
     (0..1024u32)
         .map(|i| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 100, 0)) + i)))
         .collect()
-}
-
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .context("short /proc stat")?
-        .iter()
-        .filter_map(|f| f.parse::<f64>().ok())
-        .sum();
-    Ok(ticks / 100.0)
 }
 
 /// One refused connection: connect, read the first reply, close. Returns its code.
@@ -98,17 +82,10 @@ pub async fn measure(opts: RefusalOptions) -> anyhow::Result<RefusalFigures> {
         ..SinkConfig::loopback()
     })
     .await?;
-    let listen = SocketAddr::from((
-        [127, 0, 0, 1],
-        std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port(),
-    ));
+    let listen = free_addr()?;
     let resolver = dns.addr().to_string();
     // Metrics on, as in production: the admin listener serves them.
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string();
+    let admin = free_addr()?.to_string();
     let gate = MxgateProcess::start_quiet(
         listen,
         sink.addr(),
@@ -122,7 +99,8 @@ pub async fn measure(opts: RefusalOptions) -> anyhow::Result<RefusalFigures> {
         refused_once(listen, source).await?;
     }
     let queries_after_warmup = dns.queries();
-    let cpu_before = cpu_seconds(gate.pid())?;
+    let cpu_of_gate = || cpu_seconds(gate.pid()).context("mxgate's CPU time from /proc");
+    let cpu_before = cpu_of_gate()?;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
@@ -149,7 +127,7 @@ pub async fn measure(opts: RefusalOptions) -> anyhow::Result<RefusalFigures> {
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(gate.pid())? - cpu_before;
+    let cpu = cpu_of_gate()? - cpu_before;
     let refused = done.load(Ordering::Relaxed);
     let figures = RefusalFigures {
         refused,

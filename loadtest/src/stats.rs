@@ -124,11 +124,7 @@ impl PopulationStats {
 
     pub fn summary(&self, name: &str, good: bool) -> PopulationSummary {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut latencies = self
-            .latencies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut latencies = self.latencies();
         latencies.sort_by(f64::total_cmp);
         let tried = get(&self.tried);
         let admitted = get(&self.admitted);

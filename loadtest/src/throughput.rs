@@ -4,7 +4,7 @@
 //! from listed addresses; mxgate's memory per idle session. Bounded in count and time.
 
 use crate::client::SmtpClient;
-use crate::demo::{mxgate_binary, MxgateProcess};
+use crate::demo::{free_addr, mxgate_binary, MxgateProcess};
 use crate::scrape::{cpu_seconds, memory_kib};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
@@ -51,10 +51,6 @@ messages_per_session = 1000000
 recipients_per_message = 1000
 connections_per_ip = 0
 "#;
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
 
 /// The `i`-th load source: 127.40.0.1 upward.
 fn source(i: usize) -> IpAddr {

@@ -160,12 +160,18 @@ fn misweighted_lists(policy: &Policy, sites: usize, warn: &mut impl FnMut(&str, 
     }
 }
 
-/// Anyone who reaches the admin listener can reload the policy and read every decision.
+/// The admin address, if it is off loopback and has no token: anyone who reaches it can reload
+/// the policy and read every decision.
+pub fn exposed_admin_address(policy: &Policy) -> Option<std::net::SocketAddr> {
+    policy
+        .server
+        .admin
+        .filter(|addr| !addr.ip().is_loopback() && policy.server.admin_token.is_none())
+}
+
 fn exposed_admin(policy: &Policy, warn: &mut impl FnMut(&str, String)) {
-    if let Some(addr) = policy.server.admin {
-        if !addr.ip().is_loopback() && policy.server.admin_token.is_none() {
-            warn("server.admin", format!("the admin listener {addr} is not on a loopback address and has no admin_token: anyone who reaches it can reload the policy; set server.admin_token_file or listen on 127.0.0.1"));
-        }
+    if let Some(addr) = exposed_admin_address(policy) {
+        warn("server.admin", format!("the admin listener {addr} is not on a loopback address and has no admin_token: anyone who reaches it can reload the policy; set server.admin_token_file or listen on 127.0.0.1"));
     }
 }
 

@@ -11,12 +11,11 @@ pub struct Locator<'i> {
 }
 
 impl<'i> Locator<'i> {
-    pub fn new(text: &'i str) -> Self {
+    /// From a document already parsed (the policy parser's syntax pass).
+    pub fn from_table(table: Spanned<DeTable<'i>>) -> Self {
+        let span = table.span();
         Self {
-            root: DeTable::parse(text).ok().map(|table| {
-                let span = table.span();
-                Spanned::new(span, DeValue::Table(table.into_inner()))
-            }),
+            root: Some(Spanned::new(span, DeValue::Table(table.into_inner()))),
         }
     }
 
@@ -67,7 +66,7 @@ mod tests {
     fn finds_keys_tables_and_array_entries() {
         let text = "[admission]\nslots = 0\n\n[[class]]\nname = \"a\"\n[[class]]\nname = \"b\"\nmax_share = 2.0\n";
         let at = |path: &str| {
-            Locator::new(text)
+            Locator::from_table(DeTable::parse(text).unwrap())
                 .span(path)
                 .map(|s| line_col(text, s.start))
         };

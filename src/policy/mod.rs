@@ -53,7 +53,7 @@ impl Policy {
         let issue = |e: &toml::de::Error| {
             PolicyIssue::at(origin, text, e.span(), hint::with_hint(e.message()))
         };
-        let (_, mut syntax) = toml::de::DeTable::parse_recoverable(text);
+        let (document, mut syntax) = toml::de::DeTable::parse_recoverable(text);
         syntax.sort_by_key(|e| e.span().map(|s| s.start));
         if !syntax.is_empty() {
             return Err(PolicyError {
@@ -63,7 +63,8 @@ impl Policy {
         let file: schema::PolicyFile = toml::from_str(text).map_err(|e| PolicyError {
             issues: vec![issue(&e)],
         })?;
-        let locate = locate::Locator::new(text);
+        // The syntax pass's document, kept for the places of later errors and warnings.
+        let locate = locate::Locator::from_table(document);
         let mut policy = validate::validate(file, origin, text, &locate, base_dir)?;
         policy.warnings = lint::lint(&policy, origin, text, &locate);
         Ok(policy)

@@ -230,8 +230,10 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
             .name(format!("mxgate-worker-{i}"))
             .spawn(move || -> std::io::Result<()> {
                 let _stop_all_on_exit = shutdown.clone().drop_guard();
+                // Sockets and timers only: signals and child processes are the main thread's.
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
+                    .enable_time()
                     .build()?;
                 runtime.block_on(async {
                     // A child token per worker: its sessions wait on a token no other thread touches.

@@ -9,6 +9,7 @@ use crate::reputation::dnsbl::lists::DnsLists;
 use crate::reputation::dnsbl::lookup::{DnsLookup, HickoryLookup, NoLookup, ResolverError};
 use crate::session::driver::{self, SessionSetup};
 use crate::session::refuse::{self, RejectLimits};
+use crate::session::stop::StopSignal;
 use crate::telemetry;
 use std::io;
 use std::net::SocketAddr;
@@ -90,6 +91,23 @@ pub async fn housekeeping(live: Arc<Live>, shutdown: CancellationToken) {
     }
 }
 
+/// How often the timer driver of a runtime that runs sessions wakes by itself.
+const TIMER_PACE: Duration = Duration::from_secs(1);
+
+/// Keeps the runtime's timer driver waking at least every [`TIMER_PACE`]. Tokio wakes its own driver
+/// (an eventfd write, then one more `epoll_wait`) whenever a new timer is due before the wake-up the
+/// driver planned; with every session's timers minutes away, each backend connect timeout (seconds)
+/// was such a timer, and cost a wasted wake-up per connection. This costs one a second.
+async fn pace_timer_driver(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TIMER_PACE);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
 /// Binds each address `workers` times with SO_REUSEPORT, so that one single-threaded runtime per core
 /// accepts its own share of connections (no work stealing, no cross-thread wake-ups on the hot path).
 /// Returns one set of listeners per worker.
@@ -116,6 +134,7 @@ pub fn bind_per_worker(
                 socket.set_reuse_address(true)?;
                 socket.set_reuse_port(true)?;
                 socket.set_nonblocking(true)?;
+                socket.set_tcp_nodelay(true)?;
                 socket.bind(&addr.into())?;
                 socket.listen(1024)?;
                 Ok(socket.into())
@@ -147,6 +166,12 @@ impl Server {
         for &addr in &policy.server.listen {
             let listener = TcpListener::bind(addr)
                 .await
+                .map_err(|source| ServerError::Bind {
+                    addr,
+                    reason: source,
+                })?;
+            socket2::SockRef::from(&listener)
+                .set_tcp_nodelay(true)
                 .map_err(|source| ServerError::Bind {
                     addr,
                     reason: source,
@@ -211,6 +236,8 @@ impl Server {
         if self.runs_housekeeping {
             tokio::spawn(housekeeping(self.live.clone(), shutdown.clone()));
         }
+        tokio::spawn(pace_timer_driver(shutdown.clone()));
+        let stop = StopSignal::following(shutdown.clone());
         let backend = self.live.policy().backend.address;
         for listener in self.listeners {
             let local = listener.local_addr().ok();
@@ -220,6 +247,7 @@ impl Server {
                 self.live.clone(),
                 tracker.clone(),
                 shutdown.clone(),
+                stop.clone(),
             ));
         }
         shutdown.cancelled().await;
@@ -242,6 +270,7 @@ async fn accept_loop(
     live: Arc<Live>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    stop: StopSignal,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -258,7 +287,7 @@ async fn accept_loop(
                     current.policy.clone(),
                     current.lists.clone(),
                     live.admission().clone(),
-                    shutdown.clone(),
+                    stop.clone(),
                 ));
             }
             Err(e) => {
@@ -276,7 +305,7 @@ async fn handle(
     policy: Arc<Policy>,
     lists: Arc<DnsLists>,
     admission: Arc<AdmissionState>,
-    shutdown: CancellationToken,
+    shutdown: StopSignal,
 ) {
     let client_addr = crate::net::backend::canonical(client_addr);
     let ip = client_addr.ip();

@@ -71,12 +71,14 @@ pub fn proxy_header(mode: ClientAddressMode, client: SocketAddr, local: SocketAd
     }
 }
 
-/// Connects to the backend and announces the client.
+/// Connects to the backend and announces the client. `input` (empty) receives what the backend
+/// says; it becomes the backend's [`Backend::pending_input`].
 pub async fn connect(
     policy: &BackendPolicy,
     client: SocketAddr,
     local: SocketAddr,
     helo_name: &str,
+    input: BytesMut,
 ) -> Result<Backend, BackendError> {
     let addr = policy.address;
     let mut stream = match timeout(policy.connect_timeout, TcpStream::connect(addr)).await {
@@ -92,7 +94,7 @@ pub async fn connect(
     // Replies and commands are small: without this, each waits for the peer's delayed ACK.
     let _ = stream.set_nodelay(true);
     let io_err = |source| BackendError::Io { addr, source };
-    let mut pending_input = BytesMut::with_capacity(2048);
+    let mut pending_input = input;
     match policy.client_address {
         ClientAddressMode::None => {}
         ClientAddressMode::V1 | ClientAddressMode::V2 => {

@@ -1,31 +1,33 @@
 //! Runs one admitted session over sockets: connects the backend, feeds the relay state machine, writes
 //! what it asks for, enforces the timeouts and upgrades the client to TLS on STARTTLS.
 
+use super::buffers;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
+use super::stop::StopSignal;
 use crate::admission::gate::AdmissionPermit;
 use crate::net::backend;
 use crate::policy::{ClassPolicy, ClientAddressMode, Policy};
 use crate::telemetry;
 use bytes::BytesMut;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Bytes read at a time in a DATA body, relayed in pieces of up to this size.
 const BODY_CHUNK: usize = 16 * 1024;
-/// Bytes read at a time between bodies: command lines and replies are short.
-const LINE_CHUNK: usize = 2 * 1024;
 
 /// Everything a session needs besides its sockets.
 pub struct SessionSetup {
     pub policy: Arc<Policy>,
     pub class: usize,
     pub client_addr: SocketAddr,
-    pub shutdown: CancellationToken,
+    pub shutdown: StopSignal,
     /// The greeting was begun with mxgate's `220-` teaser (pregreet test).
     pub teaser_sent: bool,
     /// What the client sent during the pregreet test: its first commands.
@@ -73,7 +75,11 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
     let started = Instant::now();
     let policy = &setup.policy;
     let class: &ClassPolicy = policy.class(setup.class);
-    let _ = client.set_nodelay(true);
+    // Replies are small: without TCP_NODELAY each would wait for the client's delayed ACK. Linux
+    // accepted sockets inherit it from the listener (set at bind), which saves a system call.
+    if !cfg!(target_os = "linux") {
+        let _ = client.set_nodelay(true);
+    }
     // The address the client reached is needed only for a PROXY header: no getsockname otherwise.
     let local_addr = match policy.backend.client_address {
         ClientAddressMode::V1 | ClientAddressMode::V2 => {
@@ -86,6 +92,7 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
         setup.client_addr,
         local_addr,
         &policy.server.hostname,
+        buffers::take(),
     )
     .await;
     let backend = match connected {
@@ -143,7 +150,10 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
     let mut link = Link {
         backend: backend.stream,
         backend_in: backend.pending_input,
-        client_in: setup.early_input,
+        client_in: match setup.early_input.is_empty() {
+            true => buffers::take(),
+            false => setup.early_input,
+        },
     };
     let mut grace_deadline = None;
 
@@ -157,39 +167,27 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
     )
     .await;
     if let (Next::StartTls, Some(tls)) = (next, policy.tls.clone()) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        match timeout(
-            policy.session.tls_handshake_timeout,
-            acceptor.accept(client),
-        )
-        .await
-        {
-            Ok(Ok(mut tls_client)) => {
-                telemetry::tls_handshake(true);
-                relay.on_tls_established();
-                drive(
-                    &mut relay,
-                    &mut tls_client,
-                    &mut link,
-                    &timeouts,
-                    &setup.shutdown,
-                    &mut grace_deadline,
-                )
-                .await;
-                let _ = timeout(Duration::from_secs(1), tls_client.shutdown()).await;
-            }
-            Ok(Err(e)) => {
-                telemetry::tls_handshake(false);
-                tracing::info!(client = %setup.client_addr, error = %e, "TLS handshake failed");
-                tls_failed(&mut relay, &mut link, &timeouts).await;
-            }
-            Err(_) => {
-                telemetry::tls_handshake(false);
-                tracing::info!(client = %setup.client_addr, "TLS handshake timed out");
-                tls_failed(&mut relay, &mut link, &timeouts).await;
-            }
-        }
+        // Boxed: the TLS stream and handshake are large, and most sessions never get here; inline
+        // they would make every session's task (allocated and moved at spawn) as large.
+        let handshake_timeout = policy.session.tls_handshake_timeout;
+        let ctx = TlsContext {
+            config: tls,
+            handshake_timeout,
+            client_addr: setup.client_addr,
+            shutdown: &setup.shutdown,
+        };
+        Box::pin(continue_in_tls(
+            ctx,
+            client,
+            &mut relay,
+            &mut link,
+            &timeouts,
+            &mut grace_deadline,
+        ))
+        .await;
     }
+    buffers::give(link.client_in);
+    buffers::give(link.backend_in);
     let stats = relay.stats();
     SessionReport {
         end: relay.end_reason().unwrap_or(EndReason::ClientClosed),
@@ -199,6 +197,52 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
         recipients_over_rate: stats.recipients_deferred_by_rate,
         tls: relay.tls_active(),
         duration: started.elapsed(),
+    }
+}
+
+/// What the TLS continuation of a session needs besides the relay and the link.
+struct TlsContext<'a> {
+    config: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+    client_addr: SocketAddr,
+    shutdown: &'a StopSignal,
+}
+
+/// Upgrades the client to TLS after STARTTLS and relays the rest of the session over it.
+async fn continue_in_tls(
+    ctx: TlsContext<'_>,
+    client: TcpStream,
+    relay: &mut Relay,
+    link: &mut Link,
+    timeouts: &Timeouts,
+    grace_deadline: &mut Option<Instant>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(ctx.config);
+    match timeout(ctx.handshake_timeout, acceptor.accept(client)).await {
+        Ok(Ok(mut tls_client)) => {
+            telemetry::tls_handshake(true);
+            relay.on_tls_established();
+            drive(
+                relay,
+                &mut tls_client,
+                link,
+                timeouts,
+                ctx.shutdown,
+                grace_deadline,
+            )
+            .await;
+            let _ = timeout(Duration::from_secs(1), tls_client.shutdown()).await;
+        }
+        Ok(Err(e)) => {
+            telemetry::tls_handshake(false);
+            tracing::info!(client = %ctx.client_addr, error = %e, "TLS handshake failed");
+            tls_failed(relay, link, timeouts).await;
+        }
+        Err(_) => {
+            telemetry::tls_handshake(false);
+            tracing::info!(client = %ctx.client_addr, "TLS handshake timed out");
+            tls_failed(relay, link, timeouts).await;
+        }
     }
 }
 
@@ -214,23 +258,30 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     link: &mut Link,
     t: &Timeouts,
-    shutdown: &CancellationToken,
+    shutdown: &StopSignal,
     grace_deadline: &mut Option<Instant>,
 ) -> Next {
-    let mut out = Output::default();
-    // Timers are armed once and moved lazily: re-arming a timer on every read would cost a timer-wheel
-    // update per SMTP command. The idle timer may fire early; it then re-arms to the real deadline,
-    // which counts from the last bytes read (never from the timer's own wake-up, or an idle peer
-    // whose first bytes came a moment after the timer was armed would never time out).
+    let mut out = Output {
+        to_client: buffers::take(),
+        to_backend: buffers::take(),
+        action: None,
+    };
+    let mut client_read_filled = false;
+    // One timer, armed once and moved lazily, for the wait in progress (idle client, backend reply)
+    // and the session's time limit, whichever comes first: re-arming a timer on every read would
+    // cost a timer-wheel update per SMTP command. It may fire early; it then re-arms to the real
+    // deadline, which counts from the last bytes read (never from the timer's own wake-up, or an
+    // idle peer whose first bytes came a moment after the timer was armed would never time out).
     let mut last_read = Instant::now();
-    let idle_timer = sleep_until(last_read + t.idle);
-    let session_timer = sleep_until(t.session_deadline);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(idle_timer, session_timer, cancelled);
+    let timer = sleep_until((last_read + t.idle).min(t.session_deadline));
+    let cancelled = shutdown.raised();
+    tokio::pin!(timer, cancelled);
     let mut grace_timer = grace_deadline.map(|d| Box::pin(sleep_until(d)));
     loop {
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
         if let Some(next) = flush(relay, client, &mut link.backend, &mut out, t).await {
+            buffers::give(out.to_client);
+            buffers::give(out.to_backend);
             return next;
         }
         let wait = match relay.awaiting_backend() {
@@ -238,19 +289,22 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
             Some(false) => t.reply,
             None => t.idle,
         };
-        let deadline = last_read + wait;
-        if deadline < idle_timer.deadline() {
-            idle_timer.as_mut().reset(deadline);
+        let deadline = (last_read + wait).min(t.session_deadline);
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
         }
         let wants_client = relay.wants_client_input(link.client_in.len());
         if wants_client {
-            link.client_in.reserve(if relay.in_body() {
-                BODY_CHUNK
-            } else {
-                LINE_CHUNK
-            });
+            // Reads grow to BODY_CHUNK only inside a body that filled the last read: small messages
+            // never need more than buffers::START, and the buffer is then never reallocated.
+            let read_size = match relay.in_body() && client_read_filled {
+                true => BODY_CHUNK,
+                false => buffers::START,
+            };
+            link.client_in.reserve(read_size);
         }
-        link.backend_in.reserve(LINE_CHUNK);
+        let client_room = link.client_in.capacity() - link.client_in.len();
+        link.backend_in.reserve(buffers::START);
         tokio::select! {
             biased;
             _ = &mut cancelled, if grace_timer.is_none() => {
@@ -262,7 +316,6 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
             _ = async { grace_timer.as_mut().expect("guarded").await }, if grace_timer.is_some() => {
                 relay.on_shutdown_deadline(&mut out);
             }
-            _ = &mut session_timer => relay.on_session_expired(&mut out),
             read = link.backend.read_buf(&mut link.backend_in) => {
                 last_read = Instant::now();
                 if !matches!(read, Ok(n) if n > 0) {
@@ -271,15 +324,19 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
             }
             read = client.read_buf(&mut link.client_in), if wants_client => {
                 last_read = Instant::now();
-                if !matches!(read, Ok(n) if n > 0) {
-                    relay.on_client_eof(&mut out);
+                match read {
+                    Ok(n) if n > 0 => client_read_filled = n == client_room,
+                    _ => relay.on_client_eof(&mut out),
                 }
             }
-            _ = &mut idle_timer => {
-                if Instant::now() >= deadline {
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= t.session_deadline {
+                    relay.on_session_expired(&mut out);
+                } else if now >= deadline {
                     relay.on_timeout(&mut out);
                 } else {
-                    idle_timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(deadline);
                 }
             }
         }
@@ -296,13 +353,13 @@ async fn flush<C: AsyncWrite + Unpin>(
 ) -> Option<Next> {
     let mut client_gone = false;
     if !out.to_client.is_empty() {
-        let written = timeout(t.idle, async {
+        let written = finish_within(t.idle, async {
             client.write_all(&out.to_client).await?;
             client.flush().await
         })
         .await;
         out.to_client.clear();
-        if !matches!(written, Ok(Ok(()))) {
+        if !matches!(written, Some(Ok(()))) {
             // A client that does not read its replies is gone; the backend is told QUIT if it can be.
             client_gone = true;
             relay.on_client_eof(out);
@@ -310,9 +367,9 @@ async fn flush<C: AsyncWrite + Unpin>(
         }
     }
     if !out.to_backend.is_empty() {
-        let written = timeout(t.reply, backend.write_all(&out.to_backend)).await;
+        let written = finish_within(t.reply, backend.write_all(&out.to_backend)).await;
         out.to_backend.clear();
-        if !matches!(written, Ok(Ok(()))) && !client_gone && out.action.is_none() {
+        if !matches!(written, Some(Ok(()))) && !client_gone && out.action.is_none() {
             relay.on_backend_eof(out);
             let _ = timeout(t.idle, client.write_all(&out.to_client)).await;
             return Some(Next::Done);
@@ -324,4 +381,15 @@ async fn flush<C: AsyncWrite + Unpin>(
         None if client_gone => Some(Next::Done),
         None => None,
     }
+}
+
+/// Runs `work` to completion within `limit`, or gives `None`. It is polled once before any timer is
+/// armed: writes of replies and commands almost always complete at once, and then no clock is read
+/// and no timer is set.
+async fn finish_within<F: Future>(limit: Duration, work: F) -> Option<F::Output> {
+    let mut work = pin!(work);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        return Some(done);
+    }
+    timeout(limit, work).await.ok()
 }

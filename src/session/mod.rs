@@ -1,9 +1,11 @@
 //! The SMTP session: codec and relay state machine (pure), and the driver that runs them over sockets.
 
+pub mod buffers;
 pub mod codec;
 pub mod data_end;
 pub mod driver;
 pub mod ehlo;
 pub mod refuse;
 pub mod relay;
+pub mod stop;
 pub mod tls;

@@ -43,7 +43,7 @@ pub enum Action {
 /// Bytes to write and the next step. The driver writes `to_client`, then `to_backend`, then acts.
 #[derive(Debug, Default)]
 pub struct Output {
-    pub to_client: Vec<u8>,
+    pub to_client: BytesMut,
     pub to_backend: BytesMut,
     pub action: Option<Action>,
 }
@@ -304,13 +304,11 @@ impl Relay {
     fn relay_body(&mut self, input: &mut BytesMut, out: &mut Output) {
         let end = self.scanner.feed(input);
         let n = end.unwrap_or(input.len());
-        let chunk = input.split_to(n);
+        // Copied, not split off: both buffers then stay whole and are reused for the whole session
+        // (a split would share the allocation and force a new one at the next read).
+        out.to_backend.extend_from_slice(&input[..n]);
+        input.advance(n);
         self.stats.bytes_relayed += n as u64;
-        if out.to_backend.is_empty() {
-            out.to_backend = chunk;
-        } else {
-            out.to_backend.extend_from_slice(&chunk);
-        }
         if end.is_some() {
             self.mode = Mode::Command;
             self.ends_of_data_awaited += 1;

@@ -56,7 +56,7 @@ impl Harness {
         self.relay
             .pump(&mut self.client_in, &mut self.backend_in, &mut out);
         Step {
-            to_client: String::from_utf8(out.to_client).unwrap(),
+            to_client: String::from_utf8(out.to_client.to_vec()).unwrap(),
             to_backend: String::from_utf8(out.to_backend.to_vec()).unwrap(),
             action: out.action,
         }

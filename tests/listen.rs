@@ -24,3 +24,16 @@ fn a_taken_port_stops_mxgate_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn accepted_sessions_have_nagle_off_from_the_listener() {
+    // mxgate no longer sets TCP_NODELAY per session on Linux: it relies on the accepted socket
+    // inheriting it from the listener. Without it each small reply would wait for a delayed ACK.
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let mut sets = mxgate::server::bind_per_worker(&[addr], 1).unwrap();
+    let listener = tokio::net::TcpListener::from_std(sets.remove(0).remove(0)).unwrap();
+    let target = listener.local_addr().unwrap();
+    let _client = tokio::net::TcpStream::connect(target).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    assert!(accepted.nodelay().unwrap());
+}

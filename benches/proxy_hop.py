@@ -5,10 +5,12 @@ and through mxgate (backend proxy none), in one run, alternating A B C A C B.
 Usage: python3 benches/proxy_hop.py [--reps 3] [--messages 20000] [--sessions 50]
 Needs: postfix (smtp-source, smtp-sink), haproxy, and target/release/mxgate (cargo build --release).
 Everything binds 127.0.0.1, every load is bounded by --messages, and every process started here is
-stopped by PID at the end. Prints a Markdown table for docs/benchmarks.md.
+stopped by PID at the end. Prints Markdown tables for docs/benchmarks.md: medians, and the ratio
+mxgate / haproxy within each rep with a 95% confidence interval of its median.
 """
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -44,6 +46,22 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def median_interval(values, confidence=0.95):
+    """A distribution-free confidence interval for the median: the order statistics k and n+1-k,
+    with k the largest rank such that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. With too few
+    values for that confidence, the whole range."""
+    xs = sorted(values)
+    n = len(xs)
+    tail = (1 - confidence) / 2
+    k, below = 0, 0.0
+    while k < n and below + math.comb(n, k) / 2 ** n <= tail:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    if k == 0:
+        return xs[0], xs[-1]
+    return xs[k - 1], xs[n - k]
 
 
 def run_load(port, sessions, messages, persistent):
@@ -126,8 +144,8 @@ listen smtp
             label = "persistent (-d)" if persistent else "1 msg/connection"
             # Paired within each rep (same minute of machine load): mxgate over haproxy.
             pairs.append((label,
-                          statistics.median(m / h for m, h in zip(rates["mxgate"], rates["haproxy"])),
-                          statistics.median(m / h for m, h in zip(cpu["mxgate"], cpu["haproxy"]))))
+                          [m / h for m, h in zip(rates["mxgate"], rates["haproxy"])],
+                          [m / h for m, h in zip(cpu["mxgate"], cpu["haproxy"])]))
             for name, _, pid in targets:
                 rate = statistics.median(rates[name])
                 per_k = f"{statistics.median(cpu[name]):.3f}" if pid else "-"
@@ -139,10 +157,17 @@ listen smtp
         print("| --- | --- | ---: | ---: | --- |")
         for label, name, rate, per_k, runs in rows:
             print(f"| {label} | {name} | {rate:,.0f} | {per_k} | {', '.join(f'{r:,.0f}' for r in runs)} |")
-        print("\n| load | mxgate / haproxy msg/s (median of paired runs) | mxgate / haproxy CPU per msg |")
-        print("| --- | ---: | ---: |")
-        for label, rate_ratio, cpu_ratio in pairs:
-            print(f"| {label} | {rate_ratio:.3f} | {cpu_ratio:.3f} |")
+        print("\nmxgate / haproxy within each rep: median, and the 95% confidence interval of the median")
+        print("(order statistics; a target is shown only if its interval lies on the right side of 1)\n")
+        print("| load | msg/s ratio | interval | CPU per msg ratio | interval |")
+        print("| --- | ---: | --- | ---: | --- |")
+        for label, rate_ratios, cpu_ratios in pairs:
+            (rlo, rhi), (clo, chi) = median_interval(rate_ratios), median_interval(cpu_ratios)
+            print(f"| {label} | {statistics.median(rate_ratios):.3f} | {rlo:.3f} - {rhi:.3f} "
+                  f"| {statistics.median(cpu_ratios):.3f} | {clo:.3f} - {chi:.3f} |")
+        for label, rate_ratios, cpu_ratios in pairs:
+            print(f"\n{label}, per rep: msg/s {', '.join(f'{r:.3f}' for r in rate_ratios)}; "
+                  f"CPU {', '.join(f'{c:.3f}' for c in cpu_ratios)}")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

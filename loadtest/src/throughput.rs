@@ -148,11 +148,34 @@ async fn stop(mut child: Child) {
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }
 
-/// The median of `a[i] / b[i]`: runs of the same rep are a minute apart at most, so the ratio
-/// within a rep removes most of the drift of a shared machine's load between reps.
-fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
-    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-    median(&mut ratios)
+/// `a[i] / b[i]`: runs of the same rep are a minute apart at most, so the ratio within a rep
+/// removes most of the drift of a shared machine's load between reps.
+fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+/// A distribution-free 95% confidence interval for the median: the order statistics `k` and
+/// `n + 1 - k`, with `k` the largest rank such that P(Binomial(n, 1/2) < k) <= 2.5%. With too few
+/// values for that, the whole range.
+fn median_interval(values: &[f64]) -> (f64, f64) {
+    let mut xs = values.to_vec();
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let half_n = 0.5f64.powi(n as i32);
+    let (mut k, mut below, mut ways) = (0, 0.0, 1.0);
+    while k < n && below + ways * half_n <= 0.025 {
+        below += ways * half_n;
+        // C(n, k + 1) from C(n, k).
+        ways = ways * (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    match k {
+        0 => (xs[0], xs[n - 1]),
+        k => (xs[k - 1], xs[n - k]),
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -236,14 +259,18 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         if haproxy.is_some() {
             comparisons.push((
                 sessions,
-                paired_ratio(&rates[2], &rates[1]),
-                paired_ratio(&cpu[2], &cpu[1]),
+                paired_ratios(&rates[2], &rates[1]),
+                paired_ratios(&cpu[2], &cpu[1]),
             ));
         }
     }
     for (sessions, rate, cpu) in comparisons {
+        let ((rate_low, rate_high), (cpu_low, cpu_high)) =
+            (median_interval(&rate), median_interval(&cpu));
         println!(
-            "\nat {sessions} sessions, mxgate / haproxy (median of the ratios within each rep): message rate {rate:.3}, CPU per message {cpu:.3}"
+            "\nat {sessions} sessions, mxgate / haproxy within each rep (median, 95% interval of the median): message rate {:.3} ({rate_low:.3} - {rate_high:.3}), CPU per message {:.3} ({cpu_low:.3} - {cpu_high:.3})",
+            median(&mut rate.clone()),
+            median(&mut cpu.clone()),
         );
     }
     gate.stop().await?;
@@ -374,12 +401,24 @@ mod tests {
         // Rep 2 ran while the machine was slow for both: its ratio still counts as 1.0.
         let mxgate = [110.0, 55.0, 90.0];
         let haproxy = [100.0, 55.0, 100.0];
-        assert_eq!(paired_ratio(&mxgate, &haproxy), 1.0);
+        assert_eq!(median(&mut paired_ratios(&mxgate, &haproxy)), 1.0);
         // The ratio of the medians would say 90 / 100.
         assert_eq!(
             median(&mut mxgate.to_vec()) / median(&mut haproxy.to_vec()),
             0.9
         );
+    }
+
+    #[test]
+    fn the_median_interval_takes_the_binomial_order_statistics() {
+        let ranks = |n: usize| median_interval(&(1..=n).map(|i| i as f64).collect::<Vec<_>>());
+        // P(B(25, 1/2) < 8) = 2.2% <= 2.5% < P(B(25, 1/2) < 9) = 5.4%: ranks 8 and 18.
+        assert_eq!(ranks(25), (8.0, 18.0));
+        // P(B(9, 1/2) < 2) = 1.95%: ranks 2 and 8.
+        assert_eq!(ranks(9), (2.0, 8.0));
+        // Five values cannot give 95% (P(B(5, 1/2) < 1) = 3.1%): the whole range.
+        assert_eq!(ranks(5), (1.0, 5.0));
+        assert_eq!(median_interval(&[]), (0.0, 0.0));
     }
 
     #[test]

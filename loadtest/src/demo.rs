@@ -116,19 +116,31 @@ impl MxgateProcess {
 
     /// SIGTERM, then wait for the process (and its last log lines).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await?;
-        }
-        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await??;
+        let status = signal_and_wait(&mut self.child, "TERM", Duration::from_secs(40))
+            .await
+            .context("mxgate did not exit after SIGTERM")??;
         let _ = self.log_done.await;
         if !status.success() {
             bail!("mxgate exited with {status}");
         }
         Ok(())
     }
+}
+
+/// Sends `signal` (a name for kill(1): "TERM", "INT") to a child started here, by its PID, and
+/// waits at most `limit` for it to exit. `None` if it did not exit in time.
+pub async fn signal_and_wait(
+    child: &mut Child,
+    signal: &str,
+    limit: Duration,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await;
+    }
+    tokio::time::timeout(limit, child.wait()).await.ok()
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -4,7 +4,7 @@
 //! from listed addresses; mxgate's memory per idle session. Bounded in count and time.
 
 use crate::client::SmtpClient;
-use crate::demo::{free_addr, mxgate_binary, MxgateProcess};
+use crate::demo::{free_addr, mxgate_binary, signal_and_wait, MxgateProcess};
 use crate::scrape::{cpu_seconds, memory_kib};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
@@ -138,16 +138,6 @@ async fn start_haproxy(
     Ok(Some((child, listen)))
 }
 
-async fn stop(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-}
-
 /// `a[i] / b[i]`: runs of the same rep are a minute apart at most, so the ratio within a rep
 /// removes most of the drift of a shared machine's load between reps.
 fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -274,8 +264,8 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         );
     }
     gate.stop().await?;
-    if let Some((child, _)) = haproxy {
-        stop(child).await;
+    if let Some((mut child, _)) = haproxy {
+        let _ = signal_and_wait(&mut child, "TERM", Duration::from_secs(10)).await;
     }
     sink.stop().await;
 
@@ -376,13 +366,7 @@ async fn idle_memory(dir: &std::path::Path, sessions: usize) -> anyhow::Result<I
     drop(held);
     drop(warm);
     gate.stop().await?;
-    if let Some(pid) = sink.id() {
-        let _ = Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(20), sink.wait()).await;
+    let _ = signal_and_wait(&mut sink, "INT", Duration::from_secs(20)).await;
     Ok(IdleMemory {
         sessions,
         rss_before_kib,

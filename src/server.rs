@@ -134,6 +134,7 @@ pub fn bind_per_worker(
                 socket.set_reuse_address(true)?;
                 socket.set_reuse_port(true)?;
                 socket.set_nonblocking(true)?;
+                // Accepted sockets inherit it on Linux: no setsockopt per session.
                 socket.set_tcp_nodelay(true)?;
                 socket.bind(&addr.into())?;
                 socket.listen(1024)?;
@@ -164,18 +165,15 @@ impl Server {
         let policy = live.policy();
         let mut listeners = Vec::with_capacity(policy.server.listen.len());
         for &addr in &policy.server.listen {
-            let listener = TcpListener::bind(addr)
+            let bound = async {
+                let listener = TcpListener::bind(addr).await?;
+                // Accepted sockets inherit TCP_NODELAY (see bind_per_worker).
+                socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+                io::Result::Ok(listener)
+            };
+            let listener = bound
                 .await
-                .map_err(|source| ServerError::Bind {
-                    addr,
-                    reason: source,
-                })?;
-            socket2::SockRef::from(&listener)
-                .set_tcp_nodelay(true)
-                .map_err(|source| ServerError::Bind {
-                    addr,
-                    reason: source,
-                })?;
+                .map_err(|reason| ServerError::Bind { addr, reason })?;
             listeners.push(listener);
         }
         Ok(Server {

@@ -19,10 +19,7 @@ pub struct StopSignal {
 impl StopSignal {
     /// A signal raised when `parent` is cancelled, by a task spawned on the current runtime.
     pub fn following(parent: CancellationToken) -> StopSignal {
-        let signal = StopSignal {
-            raised: Arc::new(AtomicBool::new(false)),
-            wake: CancellationToken::new(),
-        };
+        let signal = StopSignal::manual();
         let raise = signal.clone();
         tokio::spawn(async move {
             parent.cancelled().await;

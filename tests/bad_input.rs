@@ -7,6 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{gate_and_sink, policy_text, Gate};
 use mxgate::policy::Policy;
+use mxgate_loadtest::client::SmtpClient;
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_gets_500_and_too_much_closes() {
@@ -52,14 +54,7 @@ async fn silent_client_times_out() {
     let mut good = gate.client_from("127.0.0.33").await;
     good.command("EHLO good").await.unwrap();
     common::deliver(&mut good).await;
-    let reply = silent.read_reply().await.unwrap();
-    assert!(
-        reply
-            .text
-            .starts_with("421 4.4.2 mx.test Error: timeout exceeded"),
-        "{reply}"
-    );
-    assert!(silent.closed_by_server().await);
+    assert_timed_out(&mut silent).await;
     assert_eq!(sink.messages().len(), 1);
     gate.stop().await;
 }
@@ -84,14 +79,7 @@ async fn silent_client_times_out_behind_a_slow_greeting() {
     let policy = mxgate::policy::Policy::parse("test", &text, None).unwrap();
     let gate = common::Gate::start(policy).await;
     let mut silent = gate.client_from("127.0.0.34").await;
-    let reply = silent.read_reply().await.unwrap();
-    assert!(
-        reply
-            .text
-            .starts_with("421 4.4.2 mx.test Error: timeout exceeded"),
-        "{reply}"
-    );
-    assert!(silent.closed_by_server().await);
+    assert_timed_out(&mut silent).await;
     // The backend was told QUIT, or at least let go of.
     let told = tokio::time::timeout(common::WAIT, held)
         .await
@@ -141,4 +129,16 @@ async fn backend_vanishing_mid_transaction_gets_421_not_250() {
         "421 4.3.2 mx.test Service temporarily unavailable\r\n"
     );
     gate.stop().await;
+}
+
+/// The client, silent past the idle timeout, gets mxgate's 421 and the connection is closed.
+async fn assert_timed_out(silent: &mut SmtpClient<TcpStream>) {
+    let reply = silent.read_reply().await.unwrap();
+    assert!(
+        reply
+            .text
+            .starts_with("421 4.4.2 mx.test Error: timeout exceeded"),
+        "{reply}"
+    );
+    assert!(silent.closed_by_server().await);
 }

@@ -1,3 +1,5 @@
-//! Sockets: the listeners that accept clients and the connection to the backend MTA.
+//! Sockets: the listeners that accept clients, the connection to the backend MTA, and the way a
+//! client connection's last reply is sent.
 
 pub mod backend;
+pub mod last_reply;

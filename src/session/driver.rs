@@ -5,7 +5,7 @@ use super::buffers;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
 use crate::admission::gate::AdmissionPermit;
-use crate::net::backend;
+use crate::net::{backend, last_reply};
 use crate::policy::{ClassPolicy, ClientAddressMode, Policy};
 use crate::telemetry;
 use bytes::BytesMut;
@@ -252,8 +252,26 @@ async fn tls_failed(relay: &mut Relay, link: &mut Link, timeouts: &Timeouts) {
     let _ = timeout(timeouts.reply, link.backend.write_all(&out.to_backend)).await;
 }
 
+/// The client connection as the driver uses it: plain TCP, then TLS after STARTTLS.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+    /// Sends the session's last bytes and half-closes, in one segment where the transport allows
+    /// it; returns how many bytes went, the rest being written as usual.
+    fn send_last(&mut self, _bytes: &[u8]) -> usize {
+        0
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn send_last(&mut self, bytes: &[u8]) -> usize {
+        last_reply::send_last(self, bytes)
+    }
+}
+
+/// TLS ends with its own close_notify; its last record is written the ordinary way.
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
 /// Runs the relay over one client stream (plain, then TLS after STARTTLS) until it ends or upgrades.
-async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
+async fn drive<C: ClientStream>(
     relay: &mut Relay,
     client: &mut C,
     link: &mut Link,
@@ -344,7 +362,7 @@ async fn drive<C: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Writes what the relay produced. Returns how the session goes on if it stops here.
-async fn flush<C: AsyncWrite + Unpin>(
+async fn flush<C: ClientStream>(
     relay: &mut Relay,
     client: &mut C,
     backend: &mut TcpStream,
@@ -353,8 +371,13 @@ async fn flush<C: AsyncWrite + Unpin>(
 ) -> Option<Next> {
     let mut client_gone = false;
     if !out.to_client.is_empty() {
+        // The last reply before a close takes the FIN along where the transport allows.
+        let sent_last = match out.action {
+            Some(Action::Close) => client.send_last(&out.to_client),
+            _ => 0,
+        };
         let written = finish_within(t.idle, async {
-            client.write_all(&out.to_client).await?;
+            client.write_all(&out.to_client[sent_last..]).await?;
             client.flush().await
         })
         .await;

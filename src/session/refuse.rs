@@ -3,15 +3,23 @@
 //! After a pregreet teaser the greeting is finished with 220 first.
 
 use super::codec::{parse_command, scan_line, LineScan, Verb};
+use crate::net::last_reply;
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-/// Writes `reply` and closes.
+/// Writes `reply` and closes; the reply and the FIN leave in one segment where they can.
 pub async fn defer(mut client: TcpStream, reply: &str, write_timeout: Duration) {
-    let _ = timeout(write_timeout, client.write_all(reply.as_bytes())).await;
+    let reply = reply.as_bytes();
+    let _ = timeout(write_timeout, async {
+        // A socket just accepted is writable, but tokio learns that from its first event.
+        client.writable().await?;
+        let sent = last_reply::send_last(&client, reply);
+        client.write_all(&reply[sent..]).await
+    })
+    .await;
 }
 
 /// Limits of a rejected session: it gets few commands and little time.

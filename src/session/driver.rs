@@ -2,6 +2,7 @@
 //! what it asks for, enforces the timeouts and upgrades the client to TLS on STARTTLS.
 
 use super::buffers;
+use super::refuse;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
 use crate::admission::gate::AdmissionPermit;
@@ -103,11 +104,7 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
             let host = &policy.server.hostname;
             let finish = crate::admission::pregreet::greeting_end(setup.teaser_sent, host);
             let reply = format!("{finish}421 4.3.2 {host} Service temporarily unavailable\r\n");
-            let _ = timeout(
-                policy.session.idle_timeout,
-                client.write_all(reply.as_bytes()),
-            )
-            .await;
+            refuse::defer(client, &reply, policy.session.idle_timeout).await;
             return SessionReport {
                 end: EndReason::BackendClosed,
                 deliveries: 0,

@@ -5,13 +5,15 @@ and through mxgate (backend proxy none), in one run, alternating A B C A C B.
 Usage: python3 benches/proxy_hop.py [--reps 3] [--messages 20000] [--sessions 50]
 Needs: postfix (smtp-source, smtp-sink), haproxy, and target/release/mxgate (cargo build --release).
 Everything binds 127.0.0.1, every load is bounded by --messages, and every process started here is
-stopped by PID at the end. Prints Markdown tables for docs/benchmarks.md: medians, and the ratio
-mxgate / haproxy within each rep with a 95% confidence interval of its median.
+stopped by PID at the end. Prints Markdown tables for docs/benchmarks.md: medians, the ratio
+mxgate / haproxy within each rep with a 95% confidence interval of its median, and where each
+message's time went on the machine (the proxy's, the sink's and the sender's CPU, and idle time).
 """
 
 import argparse
 import math
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -46,6 +48,19 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def idle_seconds():
+    """The machine's idle and iowait time so far, summed over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return (int(fields[4]) + int(fields[5])) / CLK_TCK
+
+
+def children_cpu_seconds():
+    """User and system time of this script's reaped children (smtp-source runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def median_interval(values, confidence=0.95):
@@ -94,7 +109,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="mxgate-bench-")
     try:
         sink_port, haproxy_port, gate_port = free_port(), free_port(), free_port()
-        procs.append(subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1000"]))
+        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1000"])
+        procs.append(sink)
         cfg = os.path.join(tmp, "haproxy.cfg")
         nbthread = f"    nbthread {opts.threads}\n" if opts.threads else ""
         with open(cfg, "w") as f:
@@ -128,17 +144,24 @@ listen smtp
         targets = [("direct", sink_port, None), ("haproxy", haproxy_port, haproxy.pid), ("mxgate", gate_port, gate.pid)]
         rows = []
         pairs = []
+        shares = []
         for persistent in (False, True):
             rates = {name: [] for name, _, _ in targets}
             cpu = {name: [] for name, _, _ in targets}
+            # Microseconds per message: the sink's CPU, the sender's CPU, the machine's idle time.
+            spent = {name: {"sink": [], "sender": [], "idle": []} for name, _, _ in targets}
             for rep in range(opts.reps):
                 # The two proxies swap places every rep, so neither always runs in the other's wake
                 # (its TIME_WAIT sockets, a load that just rose or fell).
                 order = targets if rep % 2 == 0 else [targets[0], targets[2], targets[1]]
                 for name, port, pid in order:
                     before = cpu_seconds(pid) if pid else 0.0
+                    marks = (cpu_seconds(sink.pid), children_cpu_seconds(), idle_seconds())
                     elapsed = run_load(port, opts.sessions, opts.messages, persistent)
                     rates[name].append(opts.messages / elapsed)
+                    now = (cpu_seconds(sink.pid), children_cpu_seconds(), idle_seconds())
+                    for key, start, end in zip(("sink", "sender", "idle"), marks, now):
+                        spent[name][key].append((end - start) / opts.messages * 1e6)
                     if pid:
                         cpu[name].append((cpu_seconds(pid) - before) / opts.messages * 1000)
             label = "persistent (-d)" if persistent else "1 msg/connection"
@@ -150,6 +173,9 @@ listen smtp
                 rate = statistics.median(rates[name])
                 per_k = f"{statistics.median(cpu[name]):.3f}" if pid else "-"
                 rows.append((label, name, rate, per_k, rates[name]))
+                proxy_us = statistics.median(cpu[name]) * 1000 if pid else 0.0
+                others = (statistics.median(spent[name][key]) for key in ("sink", "sender", "idle"))
+                shares.append((label, name, proxy_us, *others))
 
         threads = opts.threads or "default"
         print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}, threads: {threads}\n")
@@ -165,6 +191,13 @@ listen smtp
             (rlo, rhi), (clo, chi) = median_interval(rate_ratios), median_interval(cpu_ratios)
             print(f"| {label} | {statistics.median(rate_ratios):.3f} | {rlo:.3f} - {rhi:.3f} "
                   f"| {statistics.median(cpu_ratios):.3f} | {clo:.3f} - {chi:.3f} |")
+        print("\nWhere each message's time went, us per message (medians; CPU from /proc ticks, idle from")
+        print("/proc/stat over both cores):\n")
+        print("| load | path | proxy CPU | sink CPU | sender CPU | machine idle |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for label, name, proxy_us, sink_us, sender_us, idle_us in shares:
+            proxy = f"{proxy_us:.0f}" if name != "direct" else "-"
+            print(f"| {label} | {name} | {proxy} | {sink_us:.0f} | {sender_us:.0f} | {idle_us:.0f} |")
         for label, rate_ratios, cpu_ratios in pairs:
             print(f"\n{label}, per rep: msg/s {', '.join(f'{r:.3f}' for r in rate_ratios)}; "
                   f"CPU {', '.join(f'{c:.3f}' for c in cpu_ratios)}")

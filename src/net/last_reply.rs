@@ -6,13 +6,22 @@
 //! socket, and the FIN then leaves with it. The half-close also makes sure the reply is on its way
 //! before the socket is dropped, even if the client left unread bytes (the close then resets).
 
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-/// Sends `bytes`, the last thing this connection carries, and half-closes it. Returns how many
-/// bytes left this way: all of them, or a prefix (or none) when the socket would block or this
-/// system has no `MSG_MORE`; the caller then writes the rest as usual and the FIN follows at close.
-pub fn send_last(stream: &TcpStream, bytes: &[u8]) -> usize {
+/// Writes `bytes`, the last thing this connection carries, and half-closes it, in one segment where
+/// it can. What does not leave that way (the socket would block, or this system has no `MSG_MORE`)
+/// is written as usual, and the FIN follows at close.
+pub async fn write_last(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    // A socket just accepted is writable, but tokio learns that from its first event.
+    stream.writable().await?;
+    let sent = send_last(stream, bytes);
+    stream.write_all(&bytes[sent..]).await
+}
+
+/// Sends `bytes` and half-closes. Returns how many bytes left this way: all of them, or a prefix
+/// (or none) when the socket would block or this system has no `MSG_MORE`.
+fn send_last(stream: &TcpStream, bytes: &[u8]) -> usize {
     let sent = send_more(stream, bytes);
     if sent == bytes.len() {
         let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);

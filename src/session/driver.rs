@@ -251,16 +251,15 @@ async fn tls_failed(relay: &mut Relay, link: &mut Link, timeouts: &Timeouts) {
 
 /// The client connection as the driver uses it: plain TCP, then TLS after STARTTLS.
 trait ClientStream: AsyncRead + AsyncWrite + Unpin {
-    /// Sends the session's last bytes and half-closes, in one segment where the transport allows
-    /// it; returns how many bytes went, the rest being written as usual.
-    fn send_last(&mut self, _bytes: &[u8]) -> usize {
-        0
+    /// Writes the session's last bytes and half-closes, in one segment where the transport allows.
+    async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes).await
     }
 }
 
 impl ClientStream for TcpStream {
-    fn send_last(&mut self, bytes: &[u8]) -> usize {
-        last_reply::send_last(self, bytes)
+    async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        last_reply::write_last(self, bytes).await
     }
 }
 
@@ -368,13 +367,12 @@ async fn flush<C: ClientStream>(
 ) -> Option<Next> {
     let mut client_gone = false;
     if !out.to_client.is_empty() {
-        // The last reply before a close takes the FIN along where the transport allows.
-        let sent_last = match out.action {
-            Some(Action::Close) => client.send_last(&out.to_client),
-            _ => 0,
-        };
         let written = finish_within(t.idle, async {
-            client.write_all(&out.to_client[sent_last..]).await?;
+            // The last reply before a close takes the FIN along where the transport allows.
+            match out.action {
+                Some(Action::Close) => client.write_last(&out.to_client).await?,
+                _ => client.write_all(&out.to_client).await?,
+            }
             client.flush().await
         })
         .await;

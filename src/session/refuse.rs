@@ -12,13 +12,10 @@ use tokio::time::timeout;
 
 /// Writes `reply` and closes; the reply and the FIN leave in one segment where they can.
 pub async fn defer(mut client: TcpStream, reply: &str, write_timeout: Duration) {
-    let reply = reply.as_bytes();
-    let _ = timeout(write_timeout, async {
-        // A socket just accepted is writable, but tokio learns that from its first event.
-        client.writable().await?;
-        let sent = last_reply::send_last(&client, reply);
-        client.write_all(&reply[sent..]).await
-    })
+    let _ = timeout(
+        write_timeout,
+        last_reply::write_last(&mut client, reply.as_bytes()),
+    )
     .await;
 }
 

@@ -166,3 +166,84 @@ async fn backend_refusals_are_relayed_and_not_counted() {
     assert_eq!(sink.messages().len(), 1);
     gate.stop().await;
 }
+
+/// A scripted backend MTA behind mxgate (backend proxy none) and a client connected through it, the
+/// greeting relayed.
+async fn gate_with_scripted_backend(
+    session_extra: &str,
+) -> (
+    common::Gate,
+    mxgate_loadtest::client::SmtpClient<tokio::net::TcpStream>,
+    tokio::net::TcpStream,
+) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = common::policy_text(listener.local_addr().unwrap(), "none", session_extra, "");
+    let policy = mxgate::policy::Policy::parse("test", &text, None).unwrap();
+    let gate = common::Gate::start(policy).await;
+    let mut client = gate.connect("127.0.0.40").await;
+    let (mut mta, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    mta.write_all(b"220 mta.test ESMTP\r\n").await.unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 220);
+    (gate, client, mta)
+}
+
+/// Reads what the backend is sent, up to and including QUIT.
+async fn read_up_to_quit(mta: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while !got.ends_with(b"QUIT\r\n") {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, mta.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "mxgate closed before QUIT: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// After QUIT the backend closes first, as behind a TCP proxy, so that the connection's TIME_WAIT
+/// stays with the backend and not on mxgate's ports towards it; the client is not kept waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_closes_first_after_quit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gate, mut client, mut mta) = gate_with_scripted_backend("").await;
+    client.write_raw(b"QUIT\r\n").await.unwrap();
+    read_up_to_quit(&mut mta).await;
+    mta.write_all(b"221 mta.test Bye\r\n").await.unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 221);
+    assert!(client.closed_by_server().await);
+    // mxgate keeps its side towards the backend open until the backend closes.
+    let mut rest = [0u8; 64];
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), mta.read(&mut rest));
+    assert!(early.await.is_err(), "mxgate closed before the backend");
+    mta.shutdown().await.unwrap();
+    let end = tokio::time::timeout(WAIT, mta.read(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(end.unwrap(), 0);
+    gate.stop().await;
+}
+
+/// A backend that answers mxgate's own QUIT (here after the client's idle timeout) but never closes
+/// is let go of after a short wait: no session, slot or socket is held for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_that_never_closes_is_let_go_of() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gate, mut client, mut mta) = gate_with_scripted_backend("idle_timeout = \"1s\"").await;
+    read_up_to_quit(&mut mta).await;
+    mta.write_all(b"221 mta.test Bye\r\n").await.unwrap();
+    let reply = client.read_reply().await.unwrap();
+    assert!(reply.text.starts_with("421 4.4.2"), "{reply}");
+    assert!(client.closed_by_server().await);
+    let mut rest = [0u8; 64];
+    let end = tokio::time::timeout(WAIT, mta.read(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(end.unwrap(), 0, "mxgate closes after its wait");
+    gate.stop().await;
+}

@@ -1,5 +1,5 @@
 //! The connection to the backend MTA: connect within a deadline, then tell it who the client is
-//! (PROXY v1/v2 header, or XCLIENT after its greeting).
+//! (PROXY v1/v2 header, or XCLIENT after its greeting); at the end, let it close first.
 
 use crate::policy::{BackendPolicy, ClientAddressMode};
 use crate::session::codec::{reply_texts, scan_reply};
@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use ppp::v2;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -121,6 +122,31 @@ pub async fn connect(
         stream,
         pending_input,
     })
+}
+
+/// How long a session waits for the backend to close the connection after QUIT.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits, at most `limit`, for the backend to close the connection after QUIT, discarding what it
+/// still sends (its 221 to a QUIT of mxgate's own). The side that closes first holds the
+/// connection's TIME_WAIT: waiting keeps it with the backend, as a TCP proxy does, instead of on
+/// mxgate's ports towards the backend.
+pub async fn await_close(stream: &mut TcpStream, limit: Duration) {
+    let mut scrap = [0u8; 512];
+    // The backend usually closed right after its 221, while that was relayed: its end of file is
+    // read here without arming a timer.
+    loop {
+        match stream.try_read(&mut scrap) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return,
+        }
+    }
+    let _ = timeout(limit, async {
+        while let Ok(1..) = stream.read(&mut scrap).await {}
+    })
+    .await;
 }
 
 enum XclientError {

@@ -183,6 +183,9 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
         ))
         .await;
     }
+    if relay.backend_closes_next() {
+        backend::await_close(&mut link.backend, backend::CLOSE_WAIT).await;
+    }
     buffers::give(link.client_in);
     buffers::give(link.backend_in);
     let stats = relay.stats();

@@ -163,6 +163,9 @@ pub struct Relay {
     shutting_down: bool,
     /// The backend's last reply was a 421: it is about to close, and the client already knows.
     backend_said_goodbye: bool,
+    /// QUIT went to the backend (the client's or mxgate's own) and it has not failed since: it
+    /// closes the connection next.
+    backend_closes_next: bool,
     end: Option<EndReason>,
     stats: SessionStats,
     /// Spends one recipient of the client's rate allowance; false: over the rate.
@@ -189,6 +192,7 @@ impl Relay {
             scanner: DataEndScanner::new(),
             shutting_down: false,
             backend_said_goodbye: false,
+            backend_closes_next: false,
             end: None,
             stats: SessionStats::default(),
             recipient_gate: None,
@@ -209,6 +213,14 @@ impl Relay {
     /// Why the session ended, once it has.
     pub fn end_reason(&self) -> Option<EndReason> {
         self.end
+    }
+
+    /// Whether the session ended with QUIT to the backend (the client's or mxgate's own), so that the
+    /// backend closes the connection next. The driver then waits for that close before
+    /// closing its side, as a TCP proxy does: the TIME_WAIT stays with the backend, not on mxgate's
+    /// ports towards it.
+    pub fn backend_closes_next(&self) -> bool {
+        self.backend_closes_next
     }
 
     pub fn tls_active(&self) -> bool {
@@ -350,6 +362,7 @@ impl Relay {
             }
             Verb::Quit => {
                 self.forward(&cmd, Expect::Quit, out);
+                self.backend_closes_next = true;
                 self.mode = Mode::Closing;
                 self.end.get_or_insert(EndReason::Quit);
             }
@@ -714,6 +727,7 @@ impl Relay {
         let quit_sent = self.end == Some(EndReason::Quit);
         if !body_unfinished && !quit_sent && !self.backend_said_goodbye {
             out.to_backend.extend_from_slice(b"QUIT\r\n");
+            self.backend_closes_next = true;
         }
         out.action = Some(Action::Close);
     }
@@ -723,6 +737,7 @@ impl Relay {
         self.pending.clear();
         self.backend_awaited = 0;
         self.backend_said_goodbye = true;
+        self.backend_closes_next = false;
         let text = format!(
             "421 4.3.2 {} Service temporarily unavailable\r\n",
             self.config.hostname

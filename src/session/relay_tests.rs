@@ -340,6 +340,35 @@ fn backend_failures() {
     assert_eq!(s.action, Some(Action::Close));
 }
 
+/// The driver waits for the backend to close only where QUIT went to it.
+#[test]
+fn backend_closes_next_only_after_quit() {
+    // The client's QUIT, answered.
+    let mut h = Harness::ready();
+    assert!(!h.relay.backend_closes_next());
+    h.client("QUIT\r\n");
+    assert_eq!(h.backend("221 bye\r\n").action, Some(Action::Close));
+    assert!(h.relay.backend_closes_next());
+    // mxgate's own QUIT, at the message limit.
+    let mut h = Harness::ready();
+    h.deliver_one();
+    h.deliver_one();
+    assert_eq!(h.client("MAIL FROM:<a@b>\r\n").to_backend, "QUIT\r\n");
+    assert!(h.relay.backend_closes_next());
+    // A body cut short: no QUIT, the backend is just let go of.
+    let mut h = Harness::ready();
+    h.client("MAIL FROM:<a@b>\r\nRCPT TO:<r@x>\r\nDATA\r\n");
+    h.backend("250 ok\r\n250 ok\r\n354 go\r\n");
+    h.client("partial body");
+    h.run(|r, out| r.on_client_eof(out));
+    assert!(!h.relay.backend_closes_next());
+    // A backend that failed after QUIT is not waited for.
+    let mut h = Harness::ready();
+    h.client("QUIT\r\n");
+    h.run(|r, out| r.on_timeout(out));
+    assert!(!h.relay.backend_closes_next());
+}
+
 #[test]
 fn timeouts() {
     let mut h = Harness::ready();

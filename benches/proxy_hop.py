@@ -2,7 +2,7 @@
 """The cost of a proxy hop: Postfix's smtp-source straight to smtp-sink, through haproxy (TCP mode)
 and through mxgate (backend proxy none), in one run, alternating A B C A C B.
 
-Usage: python3 benches/proxy_hop.py [--reps 3] [--messages 20000] [--sessions 50]
+Usage: python3 benches/proxy_hop.py [--reps 3] [--messages 20000] [--sessions 50] [--threads N] [--split]
 Needs: postfix (smtp-source, smtp-sink), haproxy, and target/release/mxgate (cargo build --release).
 Everything binds 127.0.0.1, every load is bounded by --messages, and every process started here is
 stopped by PID at the end. Prints Markdown tables for docs/benchmarks.md: medians, the ratio
@@ -79,14 +79,21 @@ def median_interval(values, confidence=0.95):
     return xs[k - 1], xs[n - k]
 
 
-def run_load(port, sessions, messages, persistent):
+def on_cpu(cpu):
+    """A preexec_fn that pins the child to one CPU, or None to leave it to the scheduler."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def run_load(port, sessions, messages, persistent, cpu=None):
     args = ["/usr/sbin/smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "1024",
             "-f", "sender@example.test", "-t", "rcpt@example.test"]
     if persistent:
         args.append("-d")
     args.append(f"127.0.0.1:{port}")
     start = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, preexec_fn=on_cpu(cpu))
     elapsed = time.monotonic() - start
     if done.returncode != 0 or done.stderr.strip():
         sys.exit(f"smtp-source against {port} failed: {done.stderr.strip()}")
@@ -100,16 +107,21 @@ def main():
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0,
                         help="threads for both proxies (haproxy nbthread, mxgate server.workers); 0: each its default")
+    parser.add_argument("--split", action="store_true",
+                        help="the proxy alone on CPU 0, the sender and the sink on CPU 1 (each proxy then "
+                             "defaults to one thread)")
     opts = parser.parse_args()
 
     mxgate_bin = os.path.join(ROOT, "target", "release", "mxgate")
     if not os.path.exists(mxgate_bin):
         sys.exit("build first: cargo build --release")
+    proxy_cpu, load_cpu = (0, 1) if opts.split else (None, None)
     procs = []
     tmp = tempfile.mkdtemp(prefix="mxgate-bench-")
     try:
         sink_port, haproxy_port, gate_port = free_port(), free_port(), free_port()
-        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1000"])
+        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}", "1000"],
+                                preexec_fn=on_cpu(load_cpu))
         procs.append(sink)
         cfg = os.path.join(tmp, "haproxy.cfg")
         nbthread = f"    nbthread {opts.threads}\n" if opts.threads else ""
@@ -125,7 +137,7 @@ listen smtp
     bind 127.0.0.1:{haproxy_port}
     server sink 127.0.0.1:{sink_port}
 """)
-        haproxy = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", cfg])
+        haproxy = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", cfg], preexec_fn=on_cpu(proxy_cpu))
         procs.append(haproxy)
         policy = os.path.join(tmp, "bench-policy.toml")
         with open(os.path.join(ROOT, "benches", "bench-policy.toml")) as src, open(policy, "w") as dst:
@@ -136,7 +148,8 @@ listen smtp
         gate = subprocess.Popen([mxgate_bin, "run", "--policy", policy,
                                  "--listen", f"127.0.0.1:{gate_port}", "--backend", f"127.0.0.1:{sink_port}",
                                  "--backend-proxy", "none"],
-                                stderr=subprocess.DEVNULL, env={**os.environ, "MXGATE_LOG": "warn"})
+                                stderr=subprocess.DEVNULL, env={**os.environ, "MXGATE_LOG": "warn"},
+                                preexec_fn=on_cpu(proxy_cpu))
         procs.append(gate)
         for port in (sink_port, haproxy_port, gate_port):
             wait_listening(port)
@@ -157,7 +170,7 @@ listen smtp
                 for name, port, pid in order:
                     before = cpu_seconds(pid) if pid else 0.0
                     marks = (cpu_seconds(sink.pid), children_cpu_seconds(), idle_seconds())
-                    elapsed = run_load(port, opts.sessions, opts.messages, persistent)
+                    elapsed = run_load(port, opts.sessions, opts.messages, persistent, load_cpu)
                     rates[name].append(opts.messages / elapsed)
                     now = (cpu_seconds(sink.pid), children_cpu_seconds(), idle_seconds())
                     for key, start, end in zip(("sink", "sender", "idle"), marks, now):
@@ -178,6 +191,8 @@ listen smtp
                 shares.append((label, name, proxy_us, *others))
 
         threads = opts.threads or "default"
+        if opts.split:
+            threads = f"{threads}; proxy on CPU 0, sender and sink on CPU 1"
         print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}, threads: {threads}\n")
         print("| load | path | msg/s (median) | proxy CPU s per 1,000 msg | runs (msg/s) |")
         print("| --- | --- | ---: | ---: | --- |")

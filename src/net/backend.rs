@@ -127,26 +127,13 @@ pub async fn connect(
 /// How long a session waits for the backend to close the connection after QUIT.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Waits, at most `limit`, for the backend to close the connection after QUIT, discarding what it
-/// still sends (its 221 to a QUIT of mxgate's own). The side that closes first holds the
-/// connection's TIME_WAIT: waiting keeps it with the backend, as a TCP proxy does, instead of on
-/// mxgate's ports towards the backend.
-pub async fn await_close(stream: &mut TcpStream, limit: Duration) {
+/// Reads until the backend closes the connection after QUIT, discarding what it still sends (its 221
+/// to a QUIT of mxgate's own). The side that closes first holds the connection's TIME_WAIT: waiting
+/// keeps it with the backend, as a TCP proxy does, instead of on mxgate's ports towards the
+/// backend. The caller bounds the wait with [`CLOSE_WAIT`].
+pub async fn until_closed(stream: &mut TcpStream) {
     let mut scrap = [0u8; 512];
-    // The backend usually closed right after its 221, while that was relayed: its end of file is
-    // read here without arming a timer.
-    loop {
-        match stream.try_read(&mut scrap) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => return,
-        }
-    }
-    let _ = timeout(limit, async {
-        while let Ok(1..) = stream.read(&mut scrap).await {}
-    })
-    .await;
+    while let Ok(1..) = stream.read(&mut scrap).await {}
 }
 
 enum XclientError {

@@ -184,7 +184,12 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
         .await;
     }
     if relay.backend_closes_next() {
-        backend::await_close(&mut link.backend, backend::CLOSE_WAIT).await;
+        // The backend has usually closed already, while its 221 was relayed: no timer then.
+        finish_within(
+            backend::CLOSE_WAIT,
+            backend::until_closed(&mut link.backend),
+        )
+        .await;
     }
     buffers::give(link.client_in);
     buffers::give(link.backend_in);

@@ -724,8 +724,7 @@ impl Relay {
     fn finish_with(&mut self, body_unfinished: bool, out: &mut Output) {
         // QUIT tells the backend the session ended cleanly; inside a body it would become part of the
         // message, so there the connection is just closed and the backend drops the message.
-        let quit_sent = self.end == Some(EndReason::Quit);
-        if !body_unfinished && !quit_sent && !self.backend_said_goodbye {
+        if !body_unfinished && !self.backend_closes_next && !self.backend_said_goodbye {
             out.to_backend.extend_from_slice(b"QUIT\r\n");
             self.backend_closes_next = true;
         }

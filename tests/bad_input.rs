@@ -3,7 +3,7 @@
 
 mod common;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use common::{gate_and_sink, policy_text, Gate};
 use mxgate::policy::Policy;
@@ -141,4 +141,118 @@ async fn assert_timed_out(silent: &mut SmtpClient<TcpStream>) {
         "{reply}"
     );
     assert!(silent.closed_by_server().await);
+}
+
+/// The session's time limit runs out while the backend still owes its reply to the end of data: the
+/// client gets the backend's reply first, then the 421, and nothing after it. (Found by the relay
+/// model: the 421 used to go out at once, ahead of the reply, and again on every turn of the
+/// session's loop for as long as the backend kept silent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_time_limit_waits_for_the_reply_owed() {
+    // The backend is slow to accept the message: it answers after the session's 1 s limit.
+    let (backend_addr, held) = backend_owing_end_of_data(Some("250 2.0.0 queued late")).await;
+    let text = policy_text(backend_addr, "none", "max_duration = \"1s\"", "");
+    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
+    let mut client = gate.client_from("127.0.0.36").await;
+    send_one_message(&mut client).await;
+    assert_eq!(
+        client.read_reply().await.unwrap().text,
+        "250 2.0.0 queued late\r\n"
+    );
+    let reply = client.read_reply().await.unwrap();
+    assert_eq!(
+        reply.text,
+        "421 4.4.2 mx.test Error: session time limit exceeded\r\n"
+    );
+    assert_nothing_more(client).await;
+    let told = tokio::time::timeout(common::WAIT, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(told, b"QUIT\r\n");
+    gate.stop().await;
+}
+
+/// The same with a backend that never answers: the wait for its reply is bounded by
+/// `data_reply_timeout`, and the client gets one 421.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_time_limit_with_a_silent_backend_says_421_once() {
+    let (backend_addr, held) = backend_owing_end_of_data(None).await;
+    let text = policy_text(backend_addr, "none", "max_duration = \"1s\"", "")
+        .replace("[session]", "data_reply_timeout = \"2s\"\n\n[session]");
+    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
+    let mut client = gate.client_from("127.0.0.37").await;
+    send_one_message(&mut client).await;
+    let reply = client.read_reply().await.unwrap();
+    assert_eq!(
+        reply.text,
+        "421 4.3.2 mx.test Service temporarily unavailable\r\n"
+    );
+    assert_nothing_more(client).await;
+    // The backend is let go of without QUIT, which it would have read as part of the reply wait.
+    let told = tokio::time::timeout(common::WAIT, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(told, b"");
+    gate.stop().await;
+}
+
+/// A backend that greets, accepts EHLO, MAIL, RCPT and DATA, and answers the end of data with
+/// `eod_reply` 1.5 s late, or never. It returns what it read after that.
+async fn backend_owing_end_of_data(
+    eod_reply: Option<&'static str>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let (stream, _) = backend.accept().await.unwrap();
+        let mut stream = tokio::io::BufReader::new(stream);
+        stream.write_all(b"220 slow.test ESMTP\r\n").await.unwrap();
+        let mut line = String::new();
+        for reply in ["250 slow.test", "250 ok", "250 ok", "354 go on"] {
+            line.clear();
+            stream.read_line(&mut line).await.unwrap();
+            stream
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        while line != ".\r\n" {
+            line.clear();
+            stream.read_line(&mut line).await.unwrap();
+        }
+        if let Some(reply) = eod_reply {
+            // A slow MTA, not synchronisation: the order the client sees does not depend on it.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            stream
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        rest
+    });
+    (addr, held)
+}
+
+async fn send_one_message(client: &mut SmtpClient<TcpStream>) {
+    client.command("EHLO c").await.unwrap();
+    client
+        .write_raw(b"MAIL FROM:<a@b>\r\nRCPT TO:<r@s>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client.read_reply().await.unwrap();
+    }
+    client.write_raw(b"body\r\n.\r\n").await.unwrap();
+}
+
+/// The connection ends with nothing more from mxgate.
+async fn assert_nothing_more(client: SmtpClient<TcpStream>) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(common::WAIT, client.into_inner().read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the connection did not end");
+    assert_eq!(String::from_utf8_lossy(&rest), "");
 }

@@ -299,6 +299,9 @@ async fn drive<C: ClientStream>(
     let cancelled = shutdown.raised();
     tokio::pin!(timer, cancelled);
     let mut grace_timer = grace_deadline.map(|d| Box::pin(sleep_until(d)));
+    // Once the session's time limit has passed, only the waits for the backend's replies still
+    // owed are timed (the relay reads no more from the client).
+    let mut expired = false;
     loop {
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
         if let Some(next) = flush(relay, client, &mut link.backend, &mut out, t).await {
@@ -311,7 +314,10 @@ async fn drive<C: ClientStream>(
             Some(false) => t.reply,
             None => t.idle,
         };
-        let deadline = (last_read + wait).min(t.session_deadline);
+        let deadline = match expired {
+            true => last_read + wait,
+            false => (last_read + wait).min(t.session_deadline),
+        };
         if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
         }
@@ -353,7 +359,8 @@ async fn drive<C: ClientStream>(
             }
             _ = &mut timer => {
                 let now = Instant::now();
-                if now >= t.session_deadline {
+                if !expired && now >= t.session_deadline {
+                    expired = true;
                     relay.on_session_expired(&mut out);
                 } else if now >= deadline {
                     relay.on_timeout(&mut out);

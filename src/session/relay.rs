@@ -104,8 +104,16 @@ enum Expect {
     Greeting,
     Ehlo,
     Helo,
-    Mail,
-    Rcpt,
+    /// MAIL in transaction `txn`; `nested` if a MAIL was already sent in it (the backend then
+    /// refuses this one if the first was accepted).
+    Mail {
+        txn: u32,
+        nested: bool,
+    },
+    /// RCPT in transaction `txn`: its reply counts towards the cap only in that transaction.
+    Rcpt {
+        txn: u32,
+    },
     Data,
     EndOfData,
     Quit,
@@ -156,6 +164,10 @@ pub struct Relay {
     tls_active: bool,
     /// A MAIL was sent and its transaction has not ended (by end of data, RSET, EHLO or refusal).
     in_transaction: bool,
+    /// Counts the transactions as the backend sees them: one ends when the end of data, RSET, EHLO
+    /// or HELO is sent, whatever the replies still on their way.
+    txn: u32,
+    /// Recipients accepted and awaited in the current transaction, for the cap.
     rcpts_accepted: u32,
     rcpts_awaited: u32,
     ends_of_data_awaited: u32,
@@ -186,6 +198,7 @@ impl Relay {
             ehlo_sent: false,
             tls_active: false,
             in_transaction: false,
+            txn: 0,
             rcpts_accepted: 0,
             rcpts_awaited: 0,
             ends_of_data_awaited: 0,
@@ -323,6 +336,7 @@ impl Relay {
         self.stats.bytes_relayed += n as u64;
         if end.is_some() {
             self.mode = Mode::Command;
+            self.end_transaction();
             self.ends_of_data_awaited += 1;
             self.expect(Expect::EndOfData);
         }
@@ -417,9 +431,15 @@ impl Relay {
             self.close(EndReason::MessageLimit, out);
             return Flow::Consumed;
         }
-        self.end_transaction();
+        // A MAIL inside a transaction does not start a new one (the backend says 503 to a nested
+        // MAIL), so the recipients counted so far still count.
+        let nested = self.in_transaction;
         self.in_transaction = true;
-        self.forward(cmd, Expect::Mail, out);
+        let expect = Expect::Mail {
+            txn: self.txn,
+            nested,
+        };
+        self.forward(cmd, expect, out);
         Flow::Consumed
     }
 
@@ -443,7 +463,7 @@ impl Relay {
             }
         }
         self.rcpts_awaited += 1;
-        self.forward(cmd, Expect::Rcpt, out);
+        self.forward(cmd, Expect::Rcpt { txn: self.txn }, out);
         Flow::Consumed
     }
 
@@ -529,12 +549,19 @@ impl Relay {
                     self.flush_local(out);
                     continue;
                 }
-                Expect::Mail if !positive => self.in_transaction = false,
-                Expect::Rcpt => {
-                    self.rcpts_awaited -= 1;
+                Expect::Mail { txn, nested } if txn == self.txn => {
+                    // A refused nested MAIL leaves the transaction as the first MAIL's reply left it.
+                    if positive || !nested {
+                        self.in_transaction = positive;
+                    }
+                }
+                Expect::Rcpt { txn } => {
                     if positive {
-                        self.rcpts_accepted += 1;
                         self.stats.recipients += 1;
+                    }
+                    if txn == self.txn {
+                        self.rcpts_awaited -= 1;
+                        self.rcpts_accepted += u32::from(positive);
                     }
                 }
                 Expect::Data if self.mode == Mode::AwaitDataReply => {
@@ -550,16 +577,29 @@ impl Relay {
                     if positive {
                         self.stats.deliveries += 1;
                     }
-                    self.end_transaction();
                 }
                 Expect::Quit => {
                     out.to_client.extend_from_slice(&raw);
                     self.close(EndReason::Quit, out);
                     return;
                 }
-                Expect::Ehlo | Expect::Helo | Expect::Mail | Expect::Data | Expect::Other => {}
+                Expect::Ehlo
+                | Expect::Helo
+                | Expect::Mail { .. }
+                | Expect::Data
+                | Expect::Other => {}
             }
             out.to_client.extend_from_slice(&raw);
+            if reply.code == 421 {
+                // The backend is closing the channel (RFC 5321 3.8): its 421 is the client's last
+                // word too, and whatever else it owed will not come.
+                self.pending.clear();
+                self.backend_awaited = 0;
+                self.end.get_or_insert(EndReason::BackendClosed);
+                self.mode = Mode::Closing;
+                out.action = Some(Action::Close);
+                return;
+            }
             self.flush_local(out);
         }
     }
@@ -605,13 +645,21 @@ impl Relay {
         }
     }
 
-    /// The session reached its maximum duration.
+    /// The session reached its maximum duration: nothing more is read from the client; replies the
+    /// backend still owes for commands go out first, then the 421. Inside a body (or before its 354)
+    /// the body is cut short and the 421 goes at once. A session already ending is left to end.
     pub fn on_session_expired(&mut self, out: &mut Output) {
+        if self.mode == Mode::Closing {
+            return;
+        }
         let text = format!(
             "421 4.4.2 {} Error: session time limit exceeded\r\n",
             self.config.hostname
         );
-        out.to_client.extend_from_slice(text.as_bytes());
+        match self.mode {
+            Mode::Data | Mode::AwaitDataReply => out.to_client.extend_from_slice(text.as_bytes()),
+            _ => self.reply(text.into_bytes(), out),
+        }
         self.close(EndReason::SessionTimeout, out);
     }
 
@@ -621,11 +669,18 @@ impl Relay {
         self.shutdown_if_idle(out);
     }
 
-    /// The shutdown grace period is over: 421 now, whatever the session is doing.
+    /// The shutdown grace period is over: 421 now, whatever the session is doing. Replies the
+    /// backend still owes are not waited for; the client gets the 421 in their place, and nothing
+    /// after it.
     pub fn on_shutdown_deadline(&mut self, out: &mut Output) {
+        let body_unfinished = matches!(self.mode, Mode::Data | Mode::AwaitDataReply);
+        self.pending.clear();
+        self.backend_awaited = 0;
         out.to_client
             .extend_from_slice(self.shutdown_reply().as_bytes());
-        self.close(EndReason::Shutdown, out);
+        self.end.get_or_insert(EndReason::Shutdown);
+        self.mode = Mode::Closing;
+        self.finish_with(body_unfinished, out);
     }
 
     /// TLS handshake failed; the client connection is unusable.
@@ -695,9 +750,12 @@ impl Relay {
         }
     }
 
+    /// The current transaction ends as the backend will see it: sent with the command that ends it.
     fn end_transaction(&mut self) {
+        self.txn = self.txn.wrapping_add(1);
         self.in_transaction = false;
         self.rcpts_accepted = 0;
+        self.rcpts_awaited = 0;
     }
 
     /// Ends the session once the replies owed to the client have gone out.

@@ -460,3 +460,101 @@ fn teaser_then_refusing_backend_finishes_the_greeting() {
         "220 backend ESMTP\r\n"
     );
 }
+
+// ---- found by the relay model (tests/relay_model) -----------------------------------------------
+
+/// A nested MAIL (refused by the backend with 503) does not start a new transaction, so it does
+/// not reset the recipients counted against the cap.
+#[test]
+fn nested_mail_keeps_the_recipient_count() {
+    let mut h = Harness::ready();
+    h.client("MAIL FROM:<a@b>\r\nRCPT TO:<1@x>\r\nRCPT TO:<2@x>\r\nRCPT TO:<3@x>\r\n");
+    h.backend("250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n");
+    assert_eq!(
+        h.client("MAIL FROM:<c@d>\r\n"),
+        step("", "MAIL FROM:<c@d>\r\n", None)
+    );
+    h.backend("503 5.5.1 Error: nested MAIL command\r\n");
+    assert_eq!(
+        h.client("RCPT TO:<4@x>\r\n").to_client,
+        "452 4.5.3 Error: too many recipients\r\n"
+    );
+    // After RSET a transaction starts afresh, even with replies still on their way.
+    let s = h.client("RSET\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@x>\r\nRCPT TO:<2@x>\r\n");
+    assert_eq!(
+        s.to_backend,
+        "RSET\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@x>\r\nRCPT TO:<2@x>\r\n"
+    );
+}
+
+/// A backend's 421 is the client's last reply: the session ends with it, whatever the client had
+/// pipelined behind.
+#[test]
+fn backend_421_ends_the_session() {
+    let mut h = Harness::new();
+    h.backend("220 backend ESMTP\r\n");
+    assert_eq!(
+        h.client("EHLO c\r\nSTARTTLS\r\n"),
+        step("", "EHLO c\r\n", None)
+    );
+    assert_eq!(
+        h.backend("421 4.3.2 backend shutting down\r\n"),
+        step(
+            "421 4.3.2 backend shutting down\r\n",
+            "",
+            Some(Action::Close)
+        )
+    );
+    assert_eq!(h.relay.end_reason(), Some(EndReason::BackendClosed));
+}
+
+/// At the session's time limit the replies the backend owes go out first, then the 421; called
+/// again (the session already ending), nothing more happens.
+#[test]
+fn session_time_limit_after_the_replies_owed() {
+    let mut h = Harness::ready();
+    h.client("NOOP\r\n");
+    assert_eq!(
+        h.run(|r, out| r.on_session_expired(out)),
+        step("", "", None)
+    );
+    assert_eq!(
+        h.run(|r, out| r.on_session_expired(out)),
+        step("", "", None)
+    );
+    assert_eq!(
+        h.backend("250 ok\r\n"),
+        step(
+            "250 ok\r\n421 4.4.2 mx.test Error: session time limit exceeded\r\n",
+            "QUIT\r\n",
+            Some(Action::Close)
+        )
+    );
+    // Waiting for a 354, the body can no longer be relayed: 421 at once, no QUIT inside DATA.
+    let mut h = Harness::ready();
+    h.client("MAIL FROM:<a@b>\r\nRCPT TO:<r@x>\r\nDATA\r\n");
+    assert_eq!(
+        h.run(|r, out| r.on_session_expired(out)),
+        step(
+            "421 4.4.2 mx.test Error: session time limit exceeded\r\n",
+            "",
+            Some(Action::Close)
+        )
+    );
+}
+
+/// Past the shutdown grace period the client gets 421 in place of the replies still owed, and
+/// nothing after it.
+#[test]
+fn shutdown_deadline_with_replies_owed() {
+    let mut h = Harness::ready();
+    h.client("MAIL FROM:<a@b>\r\nRCPT TO:<r@x>\r\n");
+    assert_eq!(
+        h.run(|r, out| r.on_shutdown_deadline(out)),
+        step(
+            "421 4.3.0 mx.test Server shutting down\r\n",
+            "QUIT\r\n",
+            Some(Action::Close)
+        )
+    );
+}

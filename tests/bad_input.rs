@@ -198,6 +198,31 @@ async fn session_time_limit_with_a_silent_backend_says_421_once() {
     gate.stop().await;
 }
 
+/// Shutdown while the backend owes its reply to the end of data and never gives it: past the grace
+/// period the client gets one 421 in its place, the backend is told QUIT, and mxgate stops. (Before,
+/// the 421 went out again on every turn of the session's loop, and mxgate never stopped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deadline_with_a_silent_backend_says_421_once() {
+    let (backend_addr, held) = backend_owing_end_of_data(None).await;
+    let text = policy_text(backend_addr, "none", "shutdown_grace = \"1s\"", "");
+    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
+    let mut client = gate.client_from("127.0.0.38").await;
+    send_one_message(&mut client).await;
+    gate.shutdown.cancel();
+    let reply = client.read_reply().await.unwrap();
+    assert_eq!(reply.text, "421 4.3.0 mx.test Server shutting down\r\n");
+    assert_nothing_more(client).await;
+    let told = tokio::time::timeout(common::WAIT, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(told, b"QUIT\r\n");
+    tokio::time::timeout(common::WAIT, gate.done)
+        .await
+        .expect("mxgate stops")
+        .unwrap();
+}
+
 /// A backend that greets, accepts EHLO, MAIL, RCPT and DATA, and answers the end of data with
 /// `eod_reply` 1.5 s late, or never. It returns what it read after that.
 async fn backend_owing_end_of_data(

@@ -265,6 +265,21 @@ impl Backend {
         }
     }
 
+    /// Writes what no SMTP server would: a line that does not start with a code, a multi-line
+    /// reply whose codes differ, or a reply longer than mxgate reads; then it is deaf.
+    pub fn garble(&mut self, dice: &mut Dice) {
+        if self.closing {
+            return;
+        }
+        let garbage = match dice.next() % 3 {
+            0 => b"HTTP/1.1 200 OK\r\n".to_vec(),
+            1 => b"250-first\r\n354 second\r\n".to_vec(),
+            _ => vec![b'2'; 70 * 1024],
+        };
+        self.outbox.extend_from_slice(&garbage);
+        self.closing = true;
+    }
+
     /// Checks the bodies: each one received is the client's, byte for byte, and a body cut short is
     /// a beginning of the client's, never ended by mxgate.
     pub fn check_bodies(&self, client_messages: &[Vec<u8>]) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The relay state machine against a model client and a model backend, in random sessions: every
 //! byte split at random, commands pipelined, junk, overlong lines, BDAT chunks, dot-stuffed bodies,
-//! replies of every class, and faults (either side closing, timeouts, shutdown) at random moments.
+//! replies of every class, and faults (either side closing, timeouts, shutdown, a backend writing
+//! garbage) at random moments.
 //!
 //! Whatever happens, it checks that:
 //! - every reply the client gets is SMTP, and answers what the client asked, in order: the backend's

@@ -146,9 +146,10 @@ impl Session {
         Ok(false)
     }
 
-    /// Something goes wrong: either side closes, a timeout, the session's time limit, shutdown.
+    /// Something goes wrong: either side closes, a timeout, the session's time limit, shutdown,
+    /// a backend that writes garbage.
     fn fault(&mut self) {
-        let fault = self.dice.next() % 6;
+        let fault = self.dice.next() % 7;
         self.transcript.push(format!("fault {fault}"));
         let out = &mut self.out;
         match fault {
@@ -168,6 +169,7 @@ impl Session {
                 self.relay.on_shutdown(out);
             }
             5 => self.relay.on_shutdown_deadline(out),
+            6 => self.backend.garble(&mut self.dice),
             _ => {}
         }
     }

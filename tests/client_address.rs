@@ -66,3 +66,34 @@ async fn client_xclient_is_refused() {
     assert_eq!(sink.messages()[0].client.to_string(), "127.0.0.13");
     gate.stop().await;
 }
+
+/// A client on IPv6 (mxgate listening on ::1) is announced as an IPv6 address in every mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_are_announced() {
+    for (mode, by) in [
+        ("v2", "proxy-v2"),
+        ("v1", "proxy-v1"),
+        ("xclient", "xclient"),
+    ] {
+        let mut config = mxgate_loadtest::sink::SinkConfig::loopback();
+        config.expect_proxy = mode != "xclient";
+        config.xclient = mode == "xclient";
+        let sink = mxgate_loadtest::sink::Sink::start(config).await.unwrap();
+        let text = common::policy_text(sink.addr(), mode, "", "")
+            .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"[::1]:0\"]");
+        let policy = mxgate::policy::Policy::parse("ipv6", &text, None).unwrap();
+        let gate = common::Gate::start(policy).await;
+        assert!(gate.addr.is_ipv6(), "{}", gate.addr);
+        let mut client = gate.client_from("::1").await;
+        client.command("EHLO client.test").await.unwrap();
+        common::deliver(&mut client).await;
+        client.command("QUIT").await.unwrap();
+        assert!(sink.wait_until(WAIT, |m, _| m.len() == 1).await);
+        let session = &sink.sessions()[0];
+        assert_eq!(
+            (session.client.to_string(), session.announced_by),
+            ("::1".into(), by)
+        );
+        gate.stop().await;
+    }
+}

@@ -131,6 +131,43 @@ async fn backend_vanishing_mid_transaction_gets_421_not_250() {
     gate.stop().await;
 }
 
+/// A client that pipelines commands without end and never reads its replies: once its replies back
+/// up, mxgate stops reading it, gives up after the idle timeout, and frees the slot; another client
+/// delivers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_let_go_of() {
+    let (gate, sink) = gate_and_sink("v2", "idle_timeout = \"1s\"", "").await;
+    let admission = gate.admission.clone();
+    let mut deaf = gate.client_from("127.0.0.39").await;
+    deaf.command("EHLO deaf").await.unwrap();
+    let (unread, mut writer) = deaf.into_inner().into_split();
+    const BOUND: usize = 1 << 30;
+    let flood = tokio::spawn(async move {
+        let lines = b"NOOP\r\n".repeat(10_000);
+        let mut sent = 0;
+        // Ends when mxgate drops the connection (or at the bound, which fails the test).
+        while sent < BOUND && writer.write_all(&lines).await.is_ok() {
+            sent += lines.len();
+        }
+        sent
+    });
+    let mut good = gate.client_from("127.0.0.29").await;
+    good.command("EHLO good").await.unwrap();
+    common::deliver(&mut good).await;
+    let sent = tokio::time::timeout(common::WAIT, flood)
+        .await
+        .expect("the deaf client is let go of")
+        .unwrap();
+    assert!(
+        sent < BOUND,
+        "mxgate kept reading a client that never reads"
+    );
+    drop(unread);
+    gate.stop().await;
+    assert_eq!(admission.slots().in_use(), 0, "slot kept");
+    assert_eq!(sink.messages().len(), 1);
+}
+
 /// The client, silent past the idle timeout, gets mxgate's 421 and the connection is closed.
 async fn assert_timed_out(silent: &mut SmtpClient<TcpStream>) {
     let reply = silent.read_reply().await.unwrap();

@@ -168,6 +168,59 @@ async fn client_that_never_reads_is_let_go_of() {
     assert_eq!(sink.messages().len(), 1);
 }
 
+/// A backend that stops reading in the middle of a large body: mxgate's write to it is bounded by
+/// `reply_timeout`, then the client gets 421 4.3.2 (never a 250) and the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_that_stops_reading_a_body_gets_421() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
+    let held = tokio::spawn(async move {
+        let (stream, _) = backend.accept().await.unwrap();
+        let mut stream = tokio::io::BufReader::new(stream);
+        stream.write_all(b"220 stuck.test ESMTP\r\n").await.unwrap();
+        let mut line = String::new();
+        for reply in ["250 stuck.test", "250 ok", "250 ok", "354 go on"] {
+            line.clear();
+            stream.read_line(&mut line).await.unwrap();
+            stream
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        // From here on it reads nothing, until the test is over.
+        let _ = stop.await;
+    });
+    let text = policy_text(backend_addr, "none", "", "")
+        .replace("[session]", "reply_timeout = \"1s\"\n\n[session]");
+    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
+    let mut client = gate.client_from("127.0.0.28").await;
+    send_one_message_head(&mut client).await;
+    let (mut replies, mut writer) = client.into_inner().into_split();
+    let body = tokio::spawn(async move {
+        let chunk = b"a line of a large body that the backend never reads\r\n".repeat(1000);
+        for _ in 0..2_000 {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.write_all(b".\r\n").await;
+    });
+    // Read up to the end of the connection, a reset included (mxgate closes with the client's body
+    // unread).
+    let mut said = Vec::new();
+    let read = tokio::time::timeout(common::WAIT, replies.read_to_end(&mut said)).await;
+    assert!(read.is_ok(), "the session did not end");
+    assert_eq!(
+        String::from_utf8_lossy(&said),
+        "421 4.3.2 mx.test Service temporarily unavailable\r\n"
+    );
+    let _ = tokio::time::timeout(common::WAIT, body).await;
+    drop(stopped);
+    held.await.unwrap();
+    gate.stop().await;
+}
+
 /// The client, silent past the idle timeout, gets mxgate's 421 and the connection is closed.
 async fn assert_timed_out(silent: &mut SmtpClient<TcpStream>) {
     let reply = silent.read_reply().await.unwrap();
@@ -300,15 +353,20 @@ async fn backend_owing_end_of_data(
 }
 
 async fn send_one_message(client: &mut SmtpClient<TcpStream>) {
+    send_one_message_head(client).await;
+    client.write_raw(b"body\r\n.\r\n").await.unwrap();
+}
+
+/// EHLO, then MAIL, RCPT and DATA pipelined, and their replies: the body is next.
+async fn send_one_message_head(client: &mut SmtpClient<TcpStream>) {
     client.command("EHLO c").await.unwrap();
     client
         .write_raw(b"MAIL FROM:<a@b>\r\nRCPT TO:<r@s>\r\nDATA\r\n")
         .await
         .unwrap();
-    for _ in 0..3 {
-        client.read_reply().await.unwrap();
+    for reply in ["250", "250", "354"] {
+        assert!(client.read_reply().await.unwrap().text.starts_with(reply));
     }
-    client.write_raw(b"body\r\n.\r\n").await.unwrap();
 }
 
 /// The connection ends with nothing more from mxgate.

@@ -79,6 +79,63 @@ mod tests {
         );
     }
 
+    /// Any backend reply: the first line stays, hidden keywords go (in any case), the others keep
+    /// their order, STARTTLS is there only if mxgate offers it, and LIMITS comes last.
+    #[test]
+    fn any_reply_is_rewritten_by_the_rules() {
+        use proptest::prelude::*;
+        // Each keyword line, and whether the client may see it.
+        const WORDS: &[(&str, bool)] = &[
+            ("PIPELINING", true),
+            ("SIZE 10240000", true),
+            ("8BITMIME", true),
+            ("SMTPUTF8", true),
+            ("ENHANCEDSTATUSCODES", true),
+            ("VRFY", true),
+            ("X-EXTENSION", true),
+            ("AUTHX", true),
+            ("STARTTLSX", true),
+            ("STARTTLS", false),
+            ("starttls", false),
+            ("CHUNKING", false),
+            ("BinaryMIME", false),
+            ("AUTH PLAIN LOGIN", false),
+            ("AUTH=PLAIN", false),
+            ("XCLIENT NAME ADDR", false),
+            ("xforward NAME", false),
+            ("ETRN", false),
+            ("ATRN", false),
+            ("TURN", false),
+            ("LIMITS RCPTMAX=5", false),
+        ];
+        let lines = prop::collection::vec(0..WORDS.len(), 0..12);
+        proptest!(|(picked in lines, starttls: bool, mailmax in 1u32..100)| {
+            let mut raw = b"250-mx.backend\r\n".to_vec();
+            for &i in &picked {
+                raw.extend_from_slice(format!("250-{}\r\n", WORDS[i].0).as_bytes());
+            }
+            raw.extend_from_slice(b"250 LAST\r\n");
+            let offer = EhloOffer { starttls, mailmax, rcptmax: 7 };
+            let out = String::from_utf8(rewrite_ehlo(&raw, 250, offer)).unwrap();
+            let lines: Vec<&str> = out.split_terminator("\r\n").collect();
+            prop_assert_eq!(lines[0], "250-mx.backend");
+            let last = format!("250 LIMITS MAILMAX={mailmax} RCPTMAX=7");
+            prop_assert_eq!(*lines.last().unwrap(), last.as_str());
+            for line in &lines[..lines.len() - 1] {
+                prop_assert!(line.starts_with("250-"), "{}", line);
+            }
+            let shown: Vec<&str> = lines[1..lines.len() - 1].iter().map(|l| &l[4..]).collect();
+            let kept: Vec<&str> = picked
+                .iter()
+                .filter(|&&i| WORDS[i].1)
+                .map(|&i| WORDS[i].0)
+                .chain(["LAST"])
+                .chain(starttls.then_some("STARTTLS"))
+                .collect();
+            prop_assert_eq!(shown, kept);
+        });
+    }
+
     #[test]
     fn single_line_reply_and_no_tls() {
         let offer = EhloOffer {

@@ -593,11 +593,7 @@ impl Relay {
             if reply.code == 421 {
                 // The backend is closing the channel (RFC 5321 3.8): its 421 is the client's last
                 // word too, and whatever else it owed will not come.
-                self.pending.clear();
-                self.backend_awaited = 0;
-                self.end.get_or_insert(EndReason::BackendClosed);
-                self.mode = Mode::Closing;
-                out.action = Some(Action::Close);
+                self.close_now(EndReason::BackendClosed, out);
                 return;
             }
             self.flush_local(out);
@@ -673,14 +669,9 @@ impl Relay {
     /// backend still owes are not waited for; the client gets the 421 in their place, and nothing
     /// after it.
     pub fn on_shutdown_deadline(&mut self, out: &mut Output) {
-        let body_unfinished = matches!(self.mode, Mode::Data | Mode::AwaitDataReply);
-        self.pending.clear();
-        self.backend_awaited = 0;
         out.to_client
             .extend_from_slice(self.shutdown_reply().as_bytes());
-        self.end.get_or_insert(EndReason::Shutdown);
-        self.mode = Mode::Closing;
-        self.finish_with(body_unfinished, out);
+        self.close_now(EndReason::Shutdown, out);
     }
 
     /// TLS handshake failed; the client connection is unusable.
@@ -775,6 +766,17 @@ impl Relay {
         }
     }
 
+    /// Ends the session at once, after the client's last word: replies the backend still owes are
+    /// not waited for, and it gets QUIT unless a body is in progress or it is leaving anyway.
+    fn close_now(&mut self, reason: EndReason, out: &mut Output) {
+        let body_unfinished = matches!(self.mode, Mode::Data | Mode::AwaitDataReply);
+        self.pending.clear();
+        self.backend_awaited = 0;
+        self.end.get_or_insert(reason);
+        self.mode = Mode::Closing;
+        self.finish_with(body_unfinished, out);
+    }
+
     fn finish(&mut self, out: &mut Output) {
         self.finish_with(false, out);
     }
@@ -790,9 +792,8 @@ impl Relay {
     }
 
     fn backend_failed(&mut self, reason: EndReason, out: &mut Output) {
-        // Replies the backend still owed will never come: the client gets 421 instead of them.
-        self.pending.clear();
-        self.backend_awaited = 0;
+        // Replies the backend still owed will never come: the client gets 421 instead of them, and
+        // the backend no QUIT.
         self.backend_said_goodbye = true;
         self.backend_closes_next = false;
         let text = format!(
@@ -800,9 +801,7 @@ impl Relay {
             self.config.hostname
         );
         out.to_client.extend_from_slice(text.as_bytes());
-        self.end.get_or_insert(reason);
-        self.mode = Mode::Closing;
-        out.action = Some(Action::Close);
+        self.close_now(reason, out);
     }
 }
 

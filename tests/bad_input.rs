@@ -176,23 +176,14 @@ async fn backend_that_stops_reading_a_body_gets_421() {
     let backend_addr = backend.local_addr().unwrap();
     let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
     let held = tokio::spawn(async move {
-        let (stream, _) = backend.accept().await.unwrap();
-        let mut stream = tokio::io::BufReader::new(stream);
-        stream.write_all(b"220 stuck.test ESMTP\r\n").await.unwrap();
-        let mut line = String::new();
-        for reply in ["250 stuck.test", "250 ok", "250 ok", "354 go on"] {
-            line.clear();
-            stream.read_line(&mut line).await.unwrap();
-            stream
-                .write_all(format!("{reply}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
+        let _stream = backend_up_to_body(backend).await;
         // From here on it reads nothing, until the test is over.
         let _ = stop.await;
     });
-    let text = policy_text(backend_addr, "none", "", "")
-        .replace("[session]", "reply_timeout = \"1s\"\n\n[session]");
+    let text = backend_setting(
+        policy_text(backend_addr, "none", "", ""),
+        "reply_timeout = \"1s\"",
+    );
     let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
     let mut client = gate.client_from("127.0.0.28").await;
     send_one_message_head(&mut client).await;
@@ -240,11 +231,12 @@ async fn assert_timed_out(silent: &mut SmtpClient<TcpStream>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_time_limit_waits_for_the_reply_owed() {
     // The backend is slow to accept the message: it answers after the session's 1 s limit.
-    let (backend_addr, held) = backend_owing_end_of_data(Some("250 2.0.0 queued late")).await;
-    let text = policy_text(backend_addr, "none", "max_duration = \"1s\"", "");
-    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
-    let mut client = gate.client_from("127.0.0.36").await;
-    send_one_message(&mut client).await;
+    let (gate, mut client, held) = message_owed_a_reply(
+        Some("250 2.0.0 queued late"),
+        |backend| policy_text(backend, "none", "max_duration = \"1s\"", ""),
+        "127.0.0.36",
+    )
+    .await;
     assert_eq!(
         client.read_reply().await.unwrap().text,
         "250 2.0.0 queued late\r\n"
@@ -255,11 +247,7 @@ async fn session_time_limit_waits_for_the_reply_owed() {
         "421 4.4.2 mx.test Error: session time limit exceeded\r\n"
     );
     assert_nothing_more(client).await;
-    let told = tokio::time::timeout(common::WAIT, held)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(told, b"QUIT\r\n");
+    assert_eq!(backend_told(held).await, b"QUIT\r\n");
     gate.stop().await;
 }
 
@@ -267,12 +255,15 @@ async fn session_time_limit_waits_for_the_reply_owed() {
 /// `data_reply_timeout`, and the client gets one 421.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_time_limit_with_a_silent_backend_says_421_once() {
-    let (backend_addr, held) = backend_owing_end_of_data(None).await;
-    let text = policy_text(backend_addr, "none", "max_duration = \"1s\"", "")
-        .replace("[session]", "data_reply_timeout = \"2s\"\n\n[session]");
-    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
-    let mut client = gate.client_from("127.0.0.37").await;
-    send_one_message(&mut client).await;
+    let (gate, mut client, held) = message_owed_a_reply(
+        None,
+        |backend| {
+            let text = policy_text(backend, "none", "max_duration = \"1s\"", "");
+            backend_setting(text, "data_reply_timeout = \"2s\"")
+        },
+        "127.0.0.37",
+    )
+    .await;
     let reply = client.read_reply().await.unwrap();
     assert_eq!(
         reply.text,
@@ -280,11 +271,7 @@ async fn session_time_limit_with_a_silent_backend_says_421_once() {
     );
     assert_nothing_more(client).await;
     // The backend is let go of without QUIT, which it would have read as part of the reply wait.
-    let told = tokio::time::timeout(common::WAIT, held)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(told, b"");
+    assert_eq!(backend_told(held).await, b"");
     gate.stop().await;
 }
 
@@ -293,20 +280,17 @@ async fn session_time_limit_with_a_silent_backend_says_421_once() {
 /// the 421 went out again on every turn of the session's loop, and mxgate never stopped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_deadline_with_a_silent_backend_says_421_once() {
-    let (backend_addr, held) = backend_owing_end_of_data(None).await;
-    let text = policy_text(backend_addr, "none", "shutdown_grace = \"1s\"", "");
-    let gate = Gate::start(Policy::parse("t", &text, None).unwrap()).await;
-    let mut client = gate.client_from("127.0.0.38").await;
-    send_one_message(&mut client).await;
+    let (gate, mut client, held) = message_owed_a_reply(
+        None,
+        |backend| policy_text(backend, "none", "shutdown_grace = \"1s\"", ""),
+        "127.0.0.38",
+    )
+    .await;
     gate.shutdown.cancel();
     let reply = client.read_reply().await.unwrap();
     assert_eq!(reply.text, "421 4.3.0 mx.test Server shutting down\r\n");
     assert_nothing_more(client).await;
-    let told = tokio::time::timeout(common::WAIT, held)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(told, b"QUIT\r\n");
+    assert_eq!(backend_told(held).await, b"QUIT\r\n");
     tokio::time::timeout(common::WAIT, gate.done)
         .await
         .expect("mxgate stops")
@@ -321,18 +305,8 @@ async fn backend_owing_end_of_data(
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = backend.local_addr().unwrap();
     let held = tokio::spawn(async move {
-        let (stream, _) = backend.accept().await.unwrap();
-        let mut stream = tokio::io::BufReader::new(stream);
-        stream.write_all(b"220 slow.test ESMTP\r\n").await.unwrap();
+        let mut stream = backend_up_to_body(backend).await;
         let mut line = String::new();
-        for reply in ["250 slow.test", "250 ok", "250 ok", "354 go on"] {
-            line.clear();
-            stream.read_line(&mut line).await.unwrap();
-            stream
-                .write_all(format!("{reply}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
         while line != ".\r\n" {
             line.clear();
             stream.read_line(&mut line).await.unwrap();
@@ -350,6 +324,57 @@ async fn backend_owing_end_of_data(
         rest
     });
     (addr, held)
+}
+
+/// Accepts one connection, greets, and answers EHLO, MAIL, RCPT and DATA (354): the body is next.
+async fn backend_up_to_body(listener: tokio::net::TcpListener) -> tokio::io::BufReader<TcpStream> {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream
+        .write_all(b"220 backend.test ESMTP\r\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    for reply in ["250 backend.test", "250 ok", "250 ok", "354 go on"] {
+        line.clear();
+        stream.read_line(&mut line).await.unwrap();
+        stream
+            .write_all(format!("{reply}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    stream
+}
+
+/// A session whose message waits for the reply of [`backend_owing_end_of_data`]: mxgate with the
+/// policy `policy` makes for that backend, and a client from `source` that has sent one message.
+async fn message_owed_a_reply(
+    eod_reply: Option<&'static str>,
+    policy: impl FnOnce(std::net::SocketAddr) -> String,
+    source: &str,
+) -> (
+    Gate,
+    SmtpClient<TcpStream>,
+    tokio::task::JoinHandle<Vec<u8>>,
+) {
+    let (backend_addr, held) = backend_owing_end_of_data(eod_reply).await;
+    let gate = Gate::start(Policy::parse("t", &policy(backend_addr), None).unwrap()).await;
+    let mut client = gate.client_from(source).await;
+    send_one_message(&mut client).await;
+    (gate, client, held)
+}
+
+/// What the backend read after its last reply, once its connection ended.
+async fn backend_told(held: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
+    tokio::time::timeout(common::WAIT, held)
+        .await
+        .expect("the backend's connection ends")
+        .unwrap()
+}
+
+/// `policy_text` with one more setting in its [backend] table.
+fn backend_setting(text: String, setting: &str) -> String {
+    text.replace("[session]", &format!("{setting}\n\n[session]"))
 }
 
 async fn send_one_message(client: &mut SmtpClient<TcpStream>) {

@@ -5,9 +5,9 @@
 mod common;
 
 use common::http::request;
+use common::metrics;
 use mxgate_loadtest::client::SmtpClient;
 use mxgate_loadtest::demo::MxgateProcess;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -36,57 +36,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// Samples of the scrape, keyed by `name{label="value",...}` with labels sorted.
-fn parse_metrics(body: &str) -> HashMap<String, f64> {
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    let mut samples = HashMap::new();
-    for sample in scrape.samples {
-        let mut labels: Vec<String> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{v}\""))
-            .collect();
-        labels.sort();
-        let value = match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        };
-        let key = match labels.is_empty() {
-            true => sample.metric,
-            false => format!("{}{{{}}}", sample.metric, labels.join(",")),
-        };
-        samples.insert(key, value);
-    }
-    samples
-}
-
-async fn scrape(admin: SocketAddr) -> (String, HashMap<String, f64>) {
-    let (status, body) = request(admin, "GET", "/metrics", Some(TOKEN)).await;
-    assert_eq!(status, 200, "{body}");
-    let samples = parse_metrics(&body);
-    (body, samples)
-}
-
-/// Scrapes until `key` has `value` (counters move after the client has its reply).
-async fn wait_for_sample(admin: SocketAddr, key: &str, value: f64) -> HashMap<String, f64> {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let (body, samples) = scrape(admin).await;
-        if samples.get(key) == Some(&value) {
-            return samples;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} never reached {value}:\n{body}"
-        );
-        tokio::task::yield_now().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +78,9 @@ async fn admin_api_metrics_health_explain_and_reload() {
         assert_eq!(client.command("QUIT").await.unwrap().code, 221);
         assert!(client.closed_by_server().await);
     }
-    let samples = wait_for_sample(
+    let samples = metrics::wait_for_sample(
         admin,
+        Some(TOKEN),
         "mxgate_sessions_ended_total{class=\"neutral\",end=\"quit\"}",
         2.0,
     )
@@ -148,7 +98,7 @@ async fn admin_api_metrics_health_explain_and_reload() {
     assert_eq!(value("mxgate_session_duration_seconds_count"), Some(2.0));
     assert_eq!(value("mxgate_slots_capacity"), Some(100.0));
     assert_eq!(value("mxgate_build_info{version=\"0.1.0\"}"), Some(1.0));
-    let (body, _) = scrape(admin).await;
+    let (body, _) = metrics::scrape(admin, Some(TOKEN)).await;
     assert!(
         body.contains("# TYPE mxgate_decision_duration_seconds histogram"),
         "decision latency is a histogram:\n{body}"
@@ -186,8 +136,9 @@ async fn admin_api_metrics_health_explain_and_reload() {
         policy_file.display()
     );
     assert!(first.starts_with(&expected), "{first}\nwant: {expected}");
-    let samples = wait_for_sample(
+    let samples = metrics::wait_for_sample(
         admin,
+        Some(TOKEN),
         "mxgate_policy_reloads_total{result=\"invalid\"}",
         1.0,
     )
@@ -198,14 +149,14 @@ async fn admin_api_metrics_health_explain_and_reload() {
     std::fs::write(&policy_file, policy(7)).unwrap();
     let (status, body) = request(admin, "POST", "/reload", Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
-    wait_for_sample(admin, "mxgate_slots_capacity", 7.0).await;
+    metrics::wait_for_sample(admin, Some(TOKEN), "mxgate_slots_capacity", 7.0).await;
     std::fs::write(&policy_file, policy(9)).unwrap();
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &gate.pid().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
-    let samples = wait_for_sample(admin, "mxgate_slots_capacity", 9.0).await;
+    let samples = metrics::wait_for_sample(admin, Some(TOKEN), "mxgate_slots_capacity", 9.0).await;
     assert_eq!(
         samples.get("mxgate_policy_reloads_total{result=\"ok\"}"),
         Some(&2.0)

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub mod http;
+pub mod metrics;
 pub mod peers;
 
 /// Generous bound for waits on the peers; a test that hits it has failed.

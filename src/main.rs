@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mxgate::live::Live;
+use mxgate::net::descriptors;
 use mxgate::policy::{ClientAddressMode, Overrides, Policy, PolicySource};
 use mxgate::server::{self, Server};
 use mxgate::telemetry::admin::{self, AdminState};
@@ -200,6 +201,14 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
     };
     for warning in &policy.warnings {
         tracing::warn!("{warning}");
+    }
+    let needed = descriptors::needed_for(policy.admission.slots);
+    if let Some(limit) = descriptors::open_file_limit().filter(|&limit| limit < needed) {
+        tracing::warn!(
+            open_file_limit = limit,
+            needed,
+            "the open file limit is below what admission.slots needs (two descriptors per session, plus room for listeners and refusals): when it runs out, new connections wait in the listen queue; raise it (LimitNOFILE)"
+        );
     }
     let main_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -4,6 +4,7 @@
 use crate::admission::gate::{AdmissionPermit, AdmissionState};
 use crate::admission::{assess, log_fields, matching_rule, pregreet, Decision};
 use crate::live::Live;
+use crate::net::descriptors::{self, Report, ShortageLog};
 use crate::policy::{Policy, PolicySource};
 use crate::reputation::dnsbl::lists::DnsLists;
 use crate::reputation::dnsbl::lookup::{DnsLookup, HickoryLookup, NoLookup, ResolverError};
@@ -149,6 +150,9 @@ pub fn bind_per_worker(
     Ok(sets)
 }
 
+/// How long an accept loop waits after a failed accept before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Beyond the grace period, how long to wait for sessions to write their 421 and close.
 const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
@@ -270,6 +274,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
     stop: StopSignal,
 ) {
+    let mut shortage = ShortageLog::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -277,6 +282,9 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, client_addr)) => {
+                if let Some(failures) = shortage.recovered() {
+                    tracing::warn!(failures, "file descriptors available again: accepting");
+                }
                 // The policy generation is loaded once: the session keeps it through reloads.
                 let current = live.current();
                 tracker.spawn(handle(
@@ -288,10 +296,23 @@ async fn accept_loop(
                     stop.clone(),
                 ));
             }
+            Err(e) if descriptors::is_exhaustion(&e) => {
+                // The connection stays in the listen queue: back off instead of spinning on the
+                // error, and say so now and then, not ten times a second.
+                telemetry::out_of_descriptors("accept");
+                if let Report::Now { failures } = shortage.failed(std::time::Instant::now()) {
+                    tracing::error!(
+                        error = %e,
+                        failures,
+                        open_file_limit = descriptors::open_file_limit(),
+                        "out of file descriptors: cannot accept, new connections wait in the listen queue until sessions end; raise the open file limit (LimitNOFILE) or lower admission.slots"
+                    );
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
             Err(e) => {
-                // Out of file descriptors or memory: back off instead of spinning on the error.
-                tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The connection to the backend MTA: connect within a deadline, then tell it who the client is
 //! (PROXY v1/v2 header, or XCLIENT after its greeting); at the end, let it close first.
 
+use crate::net::descriptors;
 use crate::policy::{BackendPolicy, ClientAddressMode};
 use crate::session::codec::{reply_texts, scan_reply};
 use bytes::BytesMut;
@@ -16,6 +17,8 @@ use tokio::time::timeout;
 pub enum BackendError {
     #[error("cannot connect to backend {addr}: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
+    #[error("no socket for a connection to backend {addr}: {source}; mxgate is out of file descriptors (raise its open file limit, LimitNOFILE)")]
+    NoDescriptor { addr: SocketAddr, source: io::Error },
     #[error("backend {addr} did not accept the connection within {secs:.1}s")]
     ConnectTimeout { addr: SocketAddr, secs: f64 },
     #[error("backend {addr} I/O error while announcing the client: {source}")]
@@ -84,6 +87,9 @@ pub async fn connect(
     let addr = policy.address;
     let mut stream = match timeout(policy.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
+        Ok(Err(source)) if descriptors::is_exhaustion(&source) => {
+            return Err(BackendError::NoDescriptor { addr, source })
+        }
         Ok(Err(source)) => return Err(BackendError::Connect { addr, source }),
         Err(_) => {
             return Err(BackendError::ConnectTimeout {

@@ -1,5 +1,6 @@
-//! Sockets: the listeners that accept clients, the connection to the backend MTA, and the way a
-//! client connection's last reply is sent.
+//! Sockets: the listeners that accept clients, the connection to the backend MTA, the way a
+//! client connection's last reply is sent, and what to do when descriptors run out.
 
 pub mod backend;
+pub mod descriptors;
 pub mod last_reply;

@@ -6,7 +6,8 @@ use super::refuse;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
 use crate::admission::gate::AdmissionPermit;
-use crate::net::{backend, last_reply};
+use crate::net::backend::{self, BackendError};
+use crate::net::last_reply;
 use crate::policy::{ClassPolicy, ClientAddressMode, Policy};
 use crate::telemetry;
 use bytes::BytesMut;
@@ -99,7 +100,10 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
     let backend = match connected {
         Ok(backend) => backend,
         Err(e) => {
-            telemetry::backend_connect_failed();
+            match e {
+                BackendError::NoDescriptor { .. } => telemetry::out_of_descriptors("backend"),
+                _ => telemetry::backend_connect_failed(),
+            }
             tracing::warn!(client = %setup.client_addr, error = %e, "backend unavailable");
             let host = &policy.server.hostname;
             let finish = crate::admission::pregreet::greeting_end(setup.teaser_sent, host);

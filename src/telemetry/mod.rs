@@ -27,6 +27,7 @@ pub const DNSBL_ERRORS: &str = "mxgate_dnsbl_errors_total";
 pub const DNSBL_CACHE: &str = "mxgate_dnsbl_cache_total";
 pub const DNSBL_USABLE: &str = "mxgate_dnsbl_list_usable";
 pub const BACKEND_CONNECT_FAILURES: &str = "mxgate_backend_connect_failures_total";
+pub const OUT_OF_DESCRIPTORS: &str = "mxgate_out_of_descriptors_total";
 pub const TLS_HANDSHAKES: &str = "mxgate_tls_handshakes_total";
 pub const POLICY_RELOADS: &str = "mxgate_policy_reloads_total";
 pub const BUILD_INFO: &str = "mxgate_build_info";
@@ -53,6 +54,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (DNSBL_CACHE, "counter", "DNS list cache lookups by result (hit, miss)."),
     (DNSBL_USABLE, "gauge", "1 while a DNS list passes its self-test and is used for scoring, by zone."),
     (BACKEND_CONNECT_FAILURES, "counter", "Connections to the backend that failed or timed out (the client got 421 4.3.2)."),
+    (OUT_OF_DESCRIPTORS, "counter", "Sockets mxgate could not open for want of file descriptors or kernel memory, by where: accept (the connection waits in the listen queue; retried every 100 ms) or backend (the client got 421 4.3.2)."),
     (TLS_HANDSHAKES, "counter", "STARTTLS handshakes by result (ok, failed)."),
     (POLICY_RELOADS, "counter", "Policy reloads by result (ok, invalid: refused by validation, failed: DNS lists could not be set up)."),
     (BUILD_INFO, "gauge", "Always 1; the version label says which mxgate runs."),
@@ -141,6 +143,11 @@ pub fn policy_reload(result: &'static str) {
 
 pub fn backend_connect_failed() {
     counter!(BACKEND_CONNECT_FAILURES).increment(1);
+}
+
+/// A socket not opened for want of descriptors, at `at` ("accept" or "backend").
+pub fn out_of_descriptors(at: &'static str) {
+    counter!(OUT_OF_DESCRIPTORS, "at" => at).increment(1);
 }
 
 pub fn tls_handshake(ok: bool) {

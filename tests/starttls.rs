@@ -1,26 +1,33 @@
-//! STARTTLS terminated by mxgate with a test certificate; the backend hop stays plain.
+//! STARTTLS terminated by mxgate with a test certificate; the backend hop stays plain; commands
+//! sent in the clear behind STARTTLS are dropped.
 
 mod common;
 
 use common::{policy_text, sha256, test_certificate, Gate, WAIT};
 use mxgate::policy::Policy;
-use mxgate_loadtest::sink::{Sink, SinkConfig};
+use mxgate_loadtest::client::SmtpClient;
+use mxgate_loadtest::sink::Sink;
+use std::sync::Arc;
+use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starttls_then_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, client_tls) = test_certificate(dir.path(), "mx.test");
-    let mut config = SinkConfig::loopback();
-    config.expect_proxy = true;
-    let sink = Sink::start(config).await.unwrap();
-    let mut text = policy_text(sink.addr(), "v2", "", "");
+/// mxgate with a test certificate for mx.test (`session_extra` added to `[session]`), in front of
+/// a sink that expects PROXY v2; and a client configuration that trusts the certificate.
+async fn tls_gate(dir: &std::path::Path, session_extra: &str) -> (Gate, Sink, Arc<ClientConfig>) {
+    let (cert, key, client_tls) = test_certificate(dir, "mx.test");
+    let sink = common::proxy_sink().await;
+    let mut text = policy_text(sink.addr(), "v2", session_extra, "");
     text.push_str(&format!(
         "\n[tls]\ncertificate = {:?}\nkey = {:?}\n",
         cert, key
     ));
-    let gate =
-        Gate::start(Policy::parse("tls-policy", &text, None).unwrap_or_else(|e| panic!("{e}")))
-            .await;
+    let policy = Policy::parse("tls-policy", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    (Gate::start(policy).await, sink, client_tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_then_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, sink, client_tls) = tls_gate(dir.path(), "").await;
 
     let mut client = gate.connect("127.0.0.20").await;
     assert_eq!(client.read_reply().await.unwrap().code, 220);
@@ -65,14 +72,7 @@ async fn starttls_not_offered_without_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_handshake_does_not_hurt_others() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, client_tls) = test_certificate(dir.path(), "mx.test");
-    let sink = common::proxy_sink().await;
-    let mut text = policy_text(sink.addr(), "v2", "tls_handshake_timeout = \"2s\"", "");
-    text.push_str(&format!(
-        "\n[tls]\ncertificate = {:?}\nkey = {:?}\n",
-        cert, key
-    ));
-    let gate = Gate::start(Policy::parse("tls-policy", &text, None).unwrap()).await;
+    let (gate, _sink, client_tls) = tls_gate(dir.path(), "tls_handshake_timeout = \"2s\"").await;
 
     let mut bad = gate.client_from("127.0.0.22").await;
     bad.command("EHLO bad").await.unwrap();
@@ -88,5 +88,40 @@ async fn broken_handshake_does_not_hurt_others() {
     let mut tls = good.starttls(client_tls, "mx.test").await.unwrap();
     tls.command("EHLO good").await.unwrap();
     common::deliver(&mut tls).await;
+    gate.stop().await;
+}
+
+/// RFC 3207 section 5, CVE-2011-0411: a command sent in the clear in the same segment as STARTTLS
+/// must not be executed. Here it is QUIT: had it reached the backend, the backend would have closed
+/// and the session over TLS would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_in_the_clear_behind_starttls_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, sink, client_tls) = tls_gate(dir.path(), "").await;
+    let mut client = gate.client_from("127.0.0.24").await;
+    assert!(client
+        .command("EHLO client.test")
+        .await
+        .unwrap()
+        .is_positive());
+    client
+        .write_raw(b"STARTTLS\r\nQUIT\r\nRSET\r\n")
+        .await
+        .unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 220);
+    let name = ServerName::try_from("mx.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls)
+        .connect(name, client.into_inner())
+        .await
+        .expect("TLS handshake with mxgate: no reply to the dropped commands came first");
+    let mut tls = SmtpClient::new(tls);
+    let ehlo = tls.command("EHLO client.test").await.unwrap();
+    assert_eq!(ehlo.code, 250, "{ehlo}");
+    let body = b"Subject: after STARTTLS\r\n\r\nhi\r\n";
+    let reply = tls.send_message("a@b", &["r@s"], body).await.unwrap();
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(tls.command("QUIT").await.unwrap().code, 221);
+    assert!(sink.wait_until(WAIT, |m, _| m.len() == 1).await);
+    assert_eq!(sink.messages()[0].sha256, sha256(body));
     gate.stop().await;
 }

@@ -144,6 +144,48 @@ async fn message_limit_cuts_off_and_is_advertised() {
     gate.stop().await;
 }
 
+/// SMTP smuggling: a body that a lenient backend would end at `LF . LF` carries a second
+/// transaction. mxgate sends bare LFs as CRLF, so it ends the body where such a backend would and
+/// sees the smuggled MAIL as a command of its own: the message limit still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggled_transaction_is_seen_and_cut_off() {
+    let (gate, sink) = gate_and_sink("v2", "", "messages_per_session = 1").await;
+    let mut client = gate.client_from("127.0.0.7").await;
+    client.command("EHLO client.test").await.unwrap();
+    client
+        .write_raw(
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<r@s>\r\nDATA\r\nSubject: first\r\n\r\nhi\n.\n\
+              MAIL FROM:<smuggled@x>\r\nRCPT TO:<r@s>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n",
+        )
+        .await
+        .unwrap();
+    for expected in [250, 250, 354, 250] {
+        let reply = client.read_reply().await.unwrap();
+        assert_eq!(reply.code, expected, "{reply}");
+    }
+    let cut = client.read_reply().await.unwrap();
+    assert!(
+        cut.text.starts_with("421 4.7.0 mx.test Message limit"),
+        "the smuggled MAIL: {cut}"
+    );
+    assert!(client.closed_by_server().await);
+    assert!(
+        sink.wait_until(WAIT, |_, sessions| sessions.iter().all(|s| s.ended))
+            .await
+    );
+    let messages = sink.messages();
+    assert_eq!(
+        messages.len(),
+        1,
+        "the smuggled message reached the backend"
+    );
+    assert_eq!(
+        messages[0].body.as_deref().unwrap(),
+        b"Subject: first\r\n\r\nhi\r\n"
+    );
+    gate.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_refusals_are_relayed_and_not_counted() {
     let mut config = mxgate_loadtest::sink::SinkConfig::loopback();

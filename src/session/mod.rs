@@ -1,5 +1,6 @@
 //! The SMTP session: codec and relay state machine (pure), and the driver that runs them over sockets.
 
+pub mod body;
 pub mod buffers;
 pub mod codec;
 pub mod data_end;

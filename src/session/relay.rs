@@ -6,8 +6,8 @@
 //! A delivery is counted only from the backend's 2xx reply to the end of DATA, so mxgate never tells a
 //! client more than the backend said.
 
+use super::body::BodyStream;
 use super::codec::{bdat_size, parse_command, scan_line, scan_reply, Command, LineScan, Verb};
-use super::data_end::DataEndScanner;
 use super::ehlo::{rewrite_ehlo, EhloOffer};
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
@@ -171,7 +171,7 @@ pub struct Relay {
     rcpts_accepted: u32,
     rcpts_awaited: u32,
     ends_of_data_awaited: u32,
-    scanner: DataEndScanner,
+    body: BodyStream,
     shutting_down: bool,
     /// The backend's last reply was a 421: it is about to close, and the client already knows.
     backend_said_goodbye: bool,
@@ -202,7 +202,7 @@ impl Relay {
             rcpts_accepted: 0,
             rcpts_awaited: 0,
             ends_of_data_awaited: 0,
-            scanner: DataEndScanner::new(),
+            body: BodyStream::new(),
             shutting_down: false,
             backend_said_goodbye: false,
             backend_closes_next: false,
@@ -327,14 +327,12 @@ impl Relay {
     }
 
     fn relay_body(&mut self, input: &mut BytesMut, out: &mut Output) {
-        let end = self.scanner.feed(input);
-        let n = end.unwrap_or(input.len());
         // Copied, not split off: both buffers then stay whole and are reused for the whole session
         // (a split would share the allocation and force a new one at the next read).
-        out.to_backend.extend_from_slice(&input[..n]);
-        input.advance(n);
-        self.stats.bytes_relayed += n as u64;
-        if end.is_some() {
+        let relayed = self.body.relay(input, &mut out.to_backend);
+        input.advance(relayed.consumed);
+        self.stats.bytes_relayed += relayed.consumed as u64;
+        if relayed.ended {
             self.mode = Mode::Command;
             self.end_transaction();
             self.ends_of_data_awaited += 1;
@@ -566,7 +564,7 @@ impl Relay {
                 }
                 Expect::Data if self.mode == Mode::AwaitDataReply => {
                     self.mode = if reply.is_intermediate() {
-                        self.scanner = DataEndScanner::new();
+                        self.body = BodyStream::new();
                         Mode::Data
                     } else {
                         Mode::Command

@@ -179,23 +179,20 @@ impl Item {
 }
 
 /// The body as the client sends it after 354 (dot-stuffed, with the terminator), and the message
-/// the backend must receive: the same bytes without the terminator.
+/// the backend must receive: the same bytes without the terminator, each bare LF sent as CRLF.
 pub fn body_wire(lines: &[BodyLine]) -> (Vec<u8>, Vec<u8>) {
-    let mut message = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.text.first() == Some(&b'.') {
-            message.push(b'.');
-        }
-        message.extend_from_slice(&line.text);
-        // The last line ends with CRLF, or the terminator would not be one.
-        let last = i + 1 == lines.len();
-        message.extend_from_slice(if line.bare_lf && !last {
-            b"\n"
-        } else {
-            b"\r\n"
-        });
+    let (mut wire, mut message) = (Vec::new(), Vec::new());
+    for line in lines {
+        let stuffed = match line.text.first() {
+            Some(b'.') => [b".", line.text.as_slice()].concat(),
+            _ => line.text.clone(),
+        };
+        wire.extend_from_slice(&stuffed);
+        wire.extend_from_slice(if line.bare_lf { b"\n" } else { b"\r\n" });
+        message.extend_from_slice(&stuffed);
+        message.extend_from_slice(b"\r\n");
     }
-    let wire = [message.as_slice(), b".\r\n"].concat();
+    wire.extend_from_slice(b".\r\n");
     (wire, message)
 }
 

@@ -69,8 +69,8 @@ impl Client {
             if Kind::of_relayed_line(line).is_some() && !matches!(item, Item::Overlong { .. }) {
                 self.lines_sent.push(line.to_vec());
             }
-            if let Item::Data { lines } = &item {
-                let (body, message) = body_wire(lines);
+            if let Item::Data { lines, lf_end } = &item {
+                let (body, message) = body_wire(lines, *lf_end);
                 self.bodies.push_back(body);
                 self.messages_sent.push(message);
             }

@@ -1,6 +1,7 @@
 //! The relay state machine against a model client and a model backend, in random sessions: every
-//! byte split at random, commands pipelined, junk, overlong lines, BDAT chunks, dot-stuffed bodies,
-//! replies of every class, and faults (either side closing, timeouts, shutdown, a backend writing
+//! byte split at random, commands pipelined, junk, overlong lines, BDAT chunks, dot-stuffed bodies
+//! with bare LFs, some ended by `.` and a bare LF (as a lenient backend would end them), replies of
+//! every class, and faults (either side closing, timeouts, shutdown, a backend writing
 //! garbage) at random moments.
 //!
 //! Whatever happens, it checks that:
@@ -10,7 +11,7 @@
 //! - so no message is reported accepted unless the backend accepted it, and the relay counts exactly
 //!   the deliveries the client was told of;
 //! - the backend gets only lines the client sent, in its order, with CRLF, only verbs mxgate relays
-//!   (and mxgate's own QUIT), nothing after QUIT, and each body byte for byte; a body cut short is
+//!   (and mxgate's own QUIT), nothing after QUIT, and each body byte for byte but bare LFs as CRLF; a body cut short is
 //!   never ended by mxgate;
 //! - the recipient cap and the session's message limit hold at the backend;
 //! - the session never stalls while the client is owed a reply, and it ends after a 421.
@@ -89,7 +90,10 @@ fn a_plain_session_delivers() {
         Item::Wait,
         command(Kind::Mail),
         command(Kind::Rcpt),
-        Item::Data { lines: body },
+        Item::Data {
+            lines: body,
+            lf_end: false,
+        },
         command(Kind::Quit),
     ];
     let setup = Setup {

@@ -55,12 +55,14 @@ pub enum Item {
         lower: bool,
         bare_lf: bool,
     },
-    /// DATA; if the backend says 354, this body (lines, dot-stuffed by the client) follows.
-    Data { lines: Vec<BodyLine> },
+    /// DATA; if the backend says 354, this body (lines, dot-stuffed by the client) follows, ended
+    /// by `.` and CRLF, or by `.` and a bare LF (`lf_end`), which ends a body too (SMTP smuggling).
+    Data { lines: Vec<BodyLine>, lf_end: bool },
     /// A whole transaction pipelined: MAIL, this many RCPTs, DATA and the body (see `expand`).
     Transaction {
         recipients: usize,
         lines: Vec<BodyLine>,
+        lf_end: bool,
     },
     /// A line that is no command: `X` and then any bytes but LF.
     Junk(Vec<u8>),
@@ -113,7 +115,12 @@ impl Item {
 
     /// The items a transaction stands for; any other item stands for itself.
     pub fn expand(self) -> Vec<Item> {
-        let Item::Transaction { recipients, lines } = self else {
+        let Item::Transaction {
+            recipients,
+            lines,
+            lf_end,
+        } = self
+        else {
             return vec![self];
         };
         let command = |kind| Item::Command {
@@ -123,7 +130,7 @@ impl Item {
         };
         let mut items = vec![command(Kind::Mail)];
         items.extend((0..recipients).map(|_| command(Kind::Rcpt)));
-        items.push(Item::Data { lines });
+        items.push(Item::Data { lines, lf_end });
         items
     }
 
@@ -180,7 +187,7 @@ impl Item {
 
 /// The body as the client sends it after 354 (dot-stuffed, with the terminator), and the message
 /// the backend must receive: the same bytes without the terminator, each bare LF sent as CRLF.
-pub fn body_wire(lines: &[BodyLine]) -> (Vec<u8>, Vec<u8>) {
+pub fn body_wire(lines: &[BodyLine], lf_end: bool) -> (Vec<u8>, Vec<u8>) {
     let (mut wire, mut message) = (Vec::new(), Vec::new());
     for line in lines {
         let stuffed = match line.text.first() {
@@ -192,7 +199,7 @@ pub fn body_wire(lines: &[BodyLine]) -> (Vec<u8>, Vec<u8>) {
         message.extend_from_slice(&stuffed);
         message.extend_from_slice(b"\r\n");
     }
-    wire.extend_from_slice(b".\r\n");
+    wire.extend_from_slice(if lf_end { b".\n" } else { b".\r\n" });
     (wire, message)
 }
 
@@ -239,10 +246,13 @@ fn body_line() -> impl Strategy<Value = BodyLine> {
 fn item() -> impl Strategy<Value = Item> {
     let no_lf = any::<u8>().prop_map(|b| if b == b'\n' { b'\r' } else { b });
     let lines = || prop::collection::vec(body_line(), 0..6);
+    let lf_end = || prop::bool::weighted(0.2);
     prop_oneof![
         20 => command(),
-        5 => lines().prop_map(|lines| Item::Data { lines }),
-        12 => (1usize..5, lines()).prop_map(|(recipients, lines)| Item::Transaction { recipients, lines }),
+        5 => (lines(), lf_end()).prop_map(|(lines, lf_end)| Item::Data { lines, lf_end }),
+        12 => (1usize..5, lines(), lf_end()).prop_map(|(recipients, lines, lf_end)| {
+            Item::Transaction { recipients, lines, lf_end }
+        }),
         4 => Just(Item::Wait),
         1 => prop::collection::vec(no_lf, 0..20).prop_map(Item::Junk),
         1 => (0usize..3).prop_map(|short| Item::LongNoop { short }),

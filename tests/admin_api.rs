@@ -7,8 +7,7 @@ mod common;
 use common::http::request;
 use common::metrics;
 use mxgate_loadtest::client::SmtpClient;
-use mxgate_loadtest::demo::MxgateProcess;
-use std::net::SocketAddr;
+use mxgate_loadtest::demo::{free_addr, MxgateProcess};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -31,13 +30,6 @@ name = "neutral"
     )
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_metrics_health_explain_and_reload() {
     std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
@@ -45,7 +37,7 @@ async fn admin_api_metrics_health_explain_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     let policy_file = dir.path().join("policy.toml");
     std::fs::write(&policy_file, policy(100)).unwrap();
-    let (listen, admin) = (free_addr(), free_addr());
+    let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
     let args = [
         "--policy",
         policy_file.to_str().unwrap(),

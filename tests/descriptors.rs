@@ -7,27 +7,18 @@ mod common;
 
 use common::{metrics, WAIT};
 use mxgate_loadtest::client::SmtpClient;
+use mxgate_loadtest::demo::{free_addr, MxgateProcess};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 /// How long a connection is left waiting in the listen queue while mxgate's CPU time is watched:
 /// an observation window, not a wait for an event.
 const WATCH: Duration = Duration::from_millis(1000);
 /// Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: u64 = 100;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// The descriptor numbers `pid` holds.
 fn open_descriptors(pid: i32) -> BTreeSet<u64> {
@@ -65,27 +56,22 @@ fn cpu_ticks(pid: i32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-struct Gate {
-    child: Child,
-    pid: i32,
-    log: mpsc::UnboundedReceiver<String>,
-}
-
-impl Gate {
-    async fn start(listen: SocketAddr, admin: SocketAddr, backend: SocketAddr) -> Gate {
-        let dir = tempfile::tempdir().unwrap();
-        let policy = dir.path().join("policy.toml");
-        std::fs::write(
-            &policy,
-            format!(
-                r#"
+/// The `mxgate` binary on `listen`, in front of `backend`, with its admin API on `admin`; the
+/// policy file lives as long as the directory returned.
+async fn start_gate(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backend: SocketAddr,
+) -> (MxgateProcess, tempfile::TempDir) {
+    std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let text = r#"
 [server]
 hostname = "mx.test"
-listen = ["{listen}"]
-admin = "{admin}"
 
 [backend]
-address = "{backend}"
+address = "127.0.0.1:10025"   # replaced by --backend
 client_address = "v2"
 
 [admission]
@@ -93,58 +79,35 @@ slots = 10
 
 [[class]]
 name = "neutral"
-"#
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mxgate"))
-            .args(["run", "--policy", policy.to_str().unwrap()])
-            .env("MXGATE_LOG", "warn,mxgate::startup=info")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mxgate");
-        let pid = child.id().unwrap() as i32;
-        let (tx, log) = mpsc::unbounded_channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                println!("  mxgate | {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut gate = Gate { child, pid, log };
-        gate.wait_for_log("listening").await;
-        gate
-    }
+"#;
+    std::fs::write(&policy, text).unwrap();
+    let args = [
+        "--policy",
+        policy.to_str().unwrap(),
+        "--admin",
+        &admin.to_string(),
+    ];
+    let gate = MxgateProcess::start(listen, backend, &args)
+        .await
+        .expect("start mxgate");
+    (gate, dir)
+}
 
-    /// The next log line that contains `needle`.
-    async fn wait_for_log(&mut self, needle: &str) -> String {
-        let found = async {
-            while let Some(line) = self.log.recv().await {
-                if line.contains(needle) {
-                    return Some(line);
-                }
+/// The next line of `log` that contains `needle`.
+async fn wait_for_log(log: &mut broadcast::Receiver<String>, needle: &str) -> String {
+    let found = async {
+        loop {
+            match log.recv().await {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
-            None
-        };
-        tokio::time::timeout(WAIT, found)
-            .await
-            .unwrap_or_else(|_| panic!("mxgate never logged {needle:?}"))
-            .unwrap_or_else(|| panic!("mxgate exited before logging {needle:?}"))
-    }
-
-    async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await;
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("mxgate exits after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "mxgate exited with {status}");
-    }
+        }
+    };
+    tokio::time::timeout(WAIT, found)
+        .await
+        .unwrap_or_else(|_| panic!("mxgate never logged {needle:?}"))
+        .unwrap_or_else(|| panic!("mxgate exited before logging {needle:?}"))
 }
 
 async fn greeted(stream: TcpStream) -> SmtpClient<TcpStream> {
@@ -157,9 +120,10 @@ async fn greeted(stream: TcpStream) -> SmtpClient<TcpStream> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_waits_or_defers_and_recovers() {
     let sink = common::proxy_sink().await;
-    let (listen, admin) = (free_addr(), free_addr());
-    let mut gate = Gate::start(listen, admin, sink.addr()).await;
-    let pid = gate.pid;
+    let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let (gate, _policy_dir) = start_gate(listen, admin, sink.addr()).await;
+    let mut log = gate.log_lines();
+    let pid = gate.pid() as i32;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(greeted(TcpStream::connect(listen).await.unwrap()).await);
@@ -168,7 +132,7 @@ async fn out_of_descriptors_waits_or_defers_and_recovers() {
     // No descriptor left: the kernel completes the handshake, mxgate cannot accept.
     let normal_limit = set_soft_limit(pid, limit_leaving(pid, 0));
     let waiting = TcpStream::connect(listen).await.unwrap();
-    let logged = gate.wait_for_log("out of file descriptors").await;
+    let logged = wait_for_log(&mut log, "out of file descriptors").await;
     assert!(logged.contains("listen queue"), "{logged}");
     let (ticks_before, watch_started) = (cpu_ticks(pid), std::time::Instant::now());
     tokio::time::sleep(WATCH).await;
@@ -186,7 +150,7 @@ async fn out_of_descriptors_waits_or_defers_and_recovers() {
     // Two descriptors available: the waiting connection is accepted and relayed.
     set_soft_limit(pid, limit_leaving(pid, 2));
     let mut waited = greeted(waiting).await;
-    gate.wait_for_log("file descriptors available again").await;
+    wait_for_log(&mut log, "file descriptors available again").await;
 
     // One descriptor: the client is accepted, the backend connection cannot be made.
     set_soft_limit(pid, limit_leaving(pid, 1));
@@ -197,7 +161,7 @@ async fn out_of_descriptors_waits_or_defers_and_recovers() {
         "421 4.3.2 mx.test Service temporarily unavailable\r\n"
     );
     assert!(deferred.closed_by_server().await);
-    let logged = gate.wait_for_log("backend unavailable").await;
+    let logged = wait_for_log(&mut log, "backend unavailable").await;
     assert!(logged.contains("out of file descriptors"), "{logged}");
 
     // The limit back: everything works, and nothing was lost or leaked.
@@ -253,5 +217,5 @@ async fn out_of_descriptors_waits_or_defers_and_recovers() {
         .as_deref()
         .unwrap()
         .ends_with(b"\r\nhi\r\n"));
-    gate.stop().await;
+    gate.stop().await.expect("mxgate stops cleanly");
 }

@@ -14,7 +14,10 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+
+/// Log lines kept for a subscriber that lags behind (older ones are dropped, never piled up).
+const LOG_BACKLOG: usize = 1024;
 
 /// Finds the mxgate binary: `$MXGATE_BIN`, else next to this executable (target/<profile>/).
 pub fn mxgate_binary() -> anyhow::Result<PathBuf> {
@@ -33,10 +36,11 @@ pub fn mxgate_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A running mxgate process whose log lines are echoed with a prefix.
+/// A running mxgate process whose log lines are echoed with a prefix, and can be watched.
 pub struct MxgateProcess {
     child: Child,
     pub addr: SocketAddr,
+    log: broadcast::Sender<String>,
     log_done: tokio::task::JoinHandle<()>,
 }
 
@@ -61,6 +65,11 @@ impl MxgateProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// The log lines mxgate writes from now on (for a test that waits for one).
+    pub fn log_lines(&self) -> broadcast::Receiver<String> {
+        self.log.subscribe()
     }
 
     async fn spawn(
@@ -91,6 +100,8 @@ impl MxgateProcess {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let (log, _) = broadcast::channel(LOG_BACKLOG);
+        let log_tx = log.clone();
         let log_done = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -100,6 +111,8 @@ impl MxgateProcess {
                 if echo {
                     println!("  mxgate | {line}");
                 }
+                // Nobody subscribed is the usual case, not an error.
+                let _ = log_tx.send(line);
             }
         });
         tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
@@ -110,6 +123,7 @@ impl MxgateProcess {
         Ok(Self {
             child,
             addr: listen,
+            log,
             log_done,
         })
     }

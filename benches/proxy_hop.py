@@ -107,6 +107,8 @@ def main():
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0,
                         help="threads for both proxies (haproxy nbthread, mxgate server.workers); 0: each its default")
+    parser.add_argument("--mxgate-workers", type=int, default=0,
+                        help="mxgate's server.workers alone (haproxy keeps --threads or its default)")
     parser.add_argument("--split", action="store_true",
                         help="the proxy alone on CPU 0, the sender and the sink on CPU 1 (each proxy then "
                              "defaults to one thread)")
@@ -142,8 +144,9 @@ listen smtp
         policy = os.path.join(tmp, "bench-policy.toml")
         with open(os.path.join(ROOT, "benches", "bench-policy.toml")) as src, open(policy, "w") as dst:
             text = src.read()
-            if opts.threads:
-                text = text.replace("[server]\n", f"[server]\nworkers = {opts.threads}\n", 1)
+            workers = opts.mxgate_workers or opts.threads
+            if workers:
+                text = text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
             dst.write(text)
         gate = subprocess.Popen([mxgate_bin, "run", "--policy", policy,
                                  "--listen", f"127.0.0.1:{gate_port}", "--backend", f"127.0.0.1:{sink_port}",
@@ -191,6 +194,8 @@ listen smtp
                 shares.append((label, name, proxy_us, *others))
 
         threads = opts.threads or "default"
+        if opts.mxgate_workers:
+            threads = f"{threads}; mxgate workers: {opts.mxgate_workers}"
         if opts.split:
             threads = f"{threads}; proxy on CPU 0, sender and sink on CPU 1"
         print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}, threads: {threads}\n")

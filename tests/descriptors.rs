@@ -210,12 +210,6 @@ async fn out_of_descriptors_waits_or_defers_and_recovers() {
         assert_eq!(client.command("QUIT").await.unwrap().code, 221);
     }
     metrics::wait_for_sample(admin, None, "mxgate_slots_in_use{class=\"neutral\"}", 0.0).await;
-    let messages = sink.messages();
-    assert_eq!(messages.len(), 1);
-    assert!(messages[0]
-        .body
-        .as_deref()
-        .unwrap()
-        .ends_with(b"\r\nhi\r\n"));
+    common::assert_one_message_ending(&sink, b"\r\nhi\r\n");
     gate.stop().await.expect("mxgate stops cleanly");
 }

@@ -42,13 +42,7 @@ async fn transaction_in_progress_finishes() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
-    let messages = sink.messages();
-    assert_eq!(messages.len(), 1);
-    assert!(messages[0]
-        .body
-        .as_deref()
-        .unwrap()
-        .ends_with(b"second half\r\n"));
+    common::assert_one_message_ending(&sink, b"second half\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,18 @@ pub async fn proxy_sink() -> Sink {
     .expect("start sink")
 }
 
+/// The sink holds exactly one message, and its body ends with `tail`.
+pub fn assert_one_message_ending(sink: &Sink, tail: &[u8]) {
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    let body = messages[0].body.as_deref().expect("the sink keeps bodies");
+    assert!(
+        body.ends_with(tail),
+        "the body ends {:?}",
+        String::from_utf8_lossy(&body[body.len().saturating_sub(tail.len() + 16)..])
+    );
+}
+
 /// A sink and mxgate in front of it, with the client address passed as `mode`.
 pub async fn gate_and_sink(mode: &str, session_extra: &str, class_extra: &str) -> (Gate, Sink) {
     let mut config = SinkConfig::loopback();

@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             config.listen = listen;
             config.expect_proxy = proxy;
             config.keep_bodies = false;
+            config.keep_messages = false;
             let sink = Sink::start(config).await?;
             eprintln!("sink listening on {}", sink.addr());
             stop_signal().await?;

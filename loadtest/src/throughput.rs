@@ -186,6 +186,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     });
     let sink = Sink::start(SinkConfig {
         keep_bodies: false,
+        keep_messages: false,
         ..SinkConfig::loopback()
     })
     .await?;

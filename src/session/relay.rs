@@ -7,7 +7,9 @@
 //! client more than the backend said.
 
 use super::body::BodyStream;
-use super::codec::{bdat_size, parse_command, scan_line, scan_reply, Command, LineScan, Verb};
+use super::codec::{
+    bdat_size, parse_command, scan_line, scan_reply, Command, LineScan, Reply, Verb,
+};
 use super::ehlo::{rewrite_ehlo, EhloOffer};
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
@@ -511,91 +513,99 @@ impl Relay {
                     return;
                 }
             };
-            let raw = input.split_to(reply.len);
-            self.backend_said_goodbye = reply.code == 421;
-            let Some(Pending::Backend(expect)) = self.pending.pop_front() else {
-                // Nothing was asked: a backend that times out or shuts down says 421 and closes.
-                if reply.code == 421 {
-                    out.to_client.extend_from_slice(&raw);
-                    self.close(EndReason::BackendClosed, out);
-                } else {
-                    tracing::warn!(code = reply.code, "backend sent a reply nobody asked for");
-                    self.backend_failed(EndReason::BackendProtocolError, out);
-                }
-                return;
-            };
-            self.backend_awaited -= 1;
-            let positive = reply.is_positive_completion();
-            match expect {
-                Expect::Greeting if self.config.teaser_sent && reply.code != 220 => {
-                    // A refusing backend cannot end a 220- greeting: finish it, then say why.
-                    let text =
-                        crate::admission::pregreet::greeting_end(true, &self.config.hostname);
-                    out.to_client.extend_from_slice(text.as_bytes());
-                    self.backend_failed(EndReason::BackendClosed, out);
-                    return;
-                }
-                Expect::Greeting => self.greeted = true,
-                Expect::Ehlo if positive => {
-                    let offer = EhloOffer {
-                        starttls: self.config.tls_available && !self.tls_active,
-                        mailmax: self.config.messages_per_session,
-                        rcptmax: self.config.recipients_per_message,
-                    };
-                    out.to_client
-                        .extend_from_slice(&rewrite_ehlo(&raw, reply.code, offer));
-                    self.flush_local(out);
-                    continue;
-                }
-                Expect::Mail { txn, nested } if txn == self.txn => {
-                    // A refused nested MAIL leaves the transaction as the first MAIL's reply left it.
-                    if positive || !nested {
-                        self.in_transaction = positive;
-                    }
-                }
-                Expect::Rcpt { txn } => {
-                    if positive {
-                        self.stats.recipients += 1;
-                    }
-                    if txn == self.txn {
-                        self.rcpts_awaited -= 1;
-                        self.rcpts_accepted += u32::from(positive);
-                    }
-                }
-                Expect::Data if self.mode == Mode::AwaitDataReply => {
-                    self.mode = if reply.is_intermediate() {
-                        self.body = BodyStream::new();
-                        Mode::Data
-                    } else {
-                        Mode::Command
-                    };
-                }
-                Expect::EndOfData => {
-                    self.ends_of_data_awaited -= 1;
-                    if positive {
-                        self.stats.deliveries += 1;
-                    }
-                }
-                Expect::Quit => {
-                    out.to_client.extend_from_slice(&raw);
-                    self.close(EndReason::Quit, out);
-                    return;
-                }
-                Expect::Ehlo
-                | Expect::Helo
-                | Expect::Mail { .. }
-                | Expect::Data
-                | Expect::Other => {}
-            }
-            out.to_client.extend_from_slice(&raw);
-            if reply.code == 421 {
-                // The backend is closing the channel (RFC 5321 3.8): its 421 is the client's last
-                // word too, and whatever else it owed will not come.
-                self.close_now(EndReason::BackendClosed, out);
+            // Read in place and then consumed, not split off: a split would turn the buffer into a
+            // shared one, with an atomic count to update on every reply and a reallocation when the
+            // next read finds the allocation still shared.
+            let go_on = self.on_backend_reply(&input[..reply.len], &reply, out);
+            input.advance(reply.len);
+            if !go_on {
                 return;
             }
-            self.flush_local(out);
         }
+    }
+
+    /// One complete reply from the backend, `raw` as received. Returns whether to read on.
+    fn on_backend_reply(&mut self, raw: &[u8], reply: &Reply, out: &mut Output) -> bool {
+        let code = reply.code;
+        self.backend_said_goodbye = code == 421;
+        let Some(Pending::Backend(expect)) = self.pending.pop_front() else {
+            // Nothing was asked: a backend that times out or shuts down says 421 and closes.
+            if code == 421 {
+                out.to_client.extend_from_slice(raw);
+                self.close(EndReason::BackendClosed, out);
+            } else {
+                tracing::warn!(code, "backend sent a reply nobody asked for");
+                self.backend_failed(EndReason::BackendProtocolError, out);
+            }
+            return false;
+        };
+        self.backend_awaited -= 1;
+        let positive = reply.is_positive_completion();
+        match expect {
+            Expect::Greeting if self.config.teaser_sent && code != 220 => {
+                // A refusing backend cannot end a 220- greeting: finish it, then say why.
+                let text = crate::admission::pregreet::greeting_end(true, &self.config.hostname);
+                out.to_client.extend_from_slice(text.as_bytes());
+                self.backend_failed(EndReason::BackendClosed, out);
+                return false;
+            }
+            Expect::Greeting => self.greeted = true,
+            Expect::Ehlo if positive => {
+                let offer = EhloOffer {
+                    starttls: self.config.tls_available && !self.tls_active,
+                    mailmax: self.config.messages_per_session,
+                    rcptmax: self.config.recipients_per_message,
+                };
+                out.to_client
+                    .extend_from_slice(&rewrite_ehlo(raw, code, offer));
+                self.flush_local(out);
+                return true;
+            }
+            Expect::Mail { txn, nested } if txn == self.txn => {
+                // A refused nested MAIL leaves the transaction as the first MAIL's reply left it.
+                if positive || !nested {
+                    self.in_transaction = positive;
+                }
+            }
+            Expect::Rcpt { txn } => {
+                if positive {
+                    self.stats.recipients += 1;
+                }
+                if txn == self.txn {
+                    self.rcpts_awaited -= 1;
+                    self.rcpts_accepted += u32::from(positive);
+                }
+            }
+            Expect::Data if self.mode == Mode::AwaitDataReply => {
+                self.mode = if reply.is_intermediate() {
+                    self.body = BodyStream::new();
+                    Mode::Data
+                } else {
+                    Mode::Command
+                };
+            }
+            Expect::EndOfData => {
+                self.ends_of_data_awaited -= 1;
+                if positive {
+                    self.stats.deliveries += 1;
+                }
+            }
+            Expect::Quit => {
+                out.to_client.extend_from_slice(raw);
+                self.close(EndReason::Quit, out);
+                return false;
+            }
+            Expect::Ehlo | Expect::Helo | Expect::Mail { .. } | Expect::Data | Expect::Other => {}
+        }
+        out.to_client.extend_from_slice(raw);
+        if code == 421 {
+            // The backend is closing the channel (RFC 5321 3.8): its 421 is the client's last
+            // word too, and whatever else it owed will not come.
+            self.close_now(EndReason::BackendClosed, out);
+            return false;
+        }
+        self.flush_local(out);
+        true
     }
 
     // ---- events ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-//! The session's byte buffers, kept in a pool per worker thread: a session takes its four buffers
-//! (two inputs, two outputs) when it starts and gives them back when it ends, so that a connection
-//! carrying one message does not pay four allocations and four frees of buffers too large for the
-//! allocator's per-thread caches.
+//! The session's byte buffers, kept in a pool per worker thread: a session takes its two input
+//! buffers when it starts and gives them back when it ends, and takes its two output buffers only
+//! while the relay's output waits to be written, so that a connection carrying one message does not
+//! pay allocations and frees of buffers too large for the allocator's per-thread caches, and the
+//! output buffers a worker uses stay few and in its cache.
 
 use bytes::BytesMut;
 use std::cell::RefCell;

@@ -287,11 +287,10 @@ async fn drive<C: ClientStream>(
     shutdown: &StopSignal,
     grace_deadline: &mut Option<Instant>,
 ) -> Next {
-    let mut out = Output {
-        to_client: buffers::take(),
-        to_backend: buffers::take(),
-        action: None,
-    };
+    // The output buffers are held only while they hold bytes: taken before the relay writes, given
+    // back once written. The few a worker uses then stay in its cache however many sessions it
+    // carries, and a session that waits holds only its two input buffers.
+    let mut out = Output::default();
     let mut client_read_filled = false;
     // One timer, armed once and moved lazily, for the wait in progress (idle client, backend reply)
     // and the session's time limit, whichever comes first: re-arming a timer on every read would
@@ -307,10 +306,16 @@ async fn drive<C: ClientStream>(
     // owed are timed (the relay reads no more from the client).
     let mut expired = false;
     loop {
+        lend_output_buffers(&mut out);
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
-        if let Some(next) = flush(relay, client, &mut link.backend, &mut out, t).await {
-            buffers::give(out.to_client);
-            buffers::give(out.to_backend);
+        let next = flush(relay, client, &mut link.backend, &mut out, t).await;
+        // Inside a body the buffers are kept: they grew to the size of its pieces, and the pool
+        // would free them and hand out small ones to grow again at every piece.
+        if next.is_some() || !relay.in_body() {
+            buffers::give(std::mem::take(&mut out.to_client));
+            buffers::give(std::mem::take(&mut out.to_backend));
+        }
+        if let Some(next) = next {
             return next;
         }
         let wait = match relay.awaiting_backend() {
@@ -372,6 +377,16 @@ async fn drive<C: ClientStream>(
                     timer.as_mut().reset(deadline);
                 }
             }
+        }
+    }
+}
+
+/// Gives the output buffers room from the worker's pool, unless one already holds bytes (a
+/// timeout or an end of file between two turns wrote into a fresh one).
+fn lend_output_buffers(out: &mut Output) {
+    for buf in [&mut out.to_client, &mut out.to_backend] {
+        if buf.capacity() == 0 {
+            *buf = buffers::take();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! policy) on loopback, plays a few senders from their own 127.x addresses, and shows what mxgate
 //! decided and what arrived.
 
+use crate::child::ChildProcess;
 use crate::client::SmtpClient;
 use crate::dnsbl::{demo_zones, DnsblServer};
 use crate::harness::Target;
@@ -10,10 +11,10 @@ use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, mpsc};
 
 /// Log lines kept for a subscriber that lags behind (older ones are dropped, never piled up).
@@ -38,7 +39,7 @@ pub fn mxgate_binary() -> anyhow::Result<PathBuf> {
 
 /// A running mxgate process whose log lines are echoed with a prefix, and can be watched.
 pub struct MxgateProcess {
-    child: Child,
+    child: ChildProcess,
     pub addr: SocketAddr,
     log: broadcast::Sender<String>,
     log_done: tokio::task::JoinHandle<()>,
@@ -64,7 +65,7 @@ impl MxgateProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        self.child.pid()
     }
 
     /// The log lines mxgate writes from now on (for a test that waits for one).
@@ -85,7 +86,7 @@ impl MxgateProcess {
         if !echo {
             command.env("MXGATE_LOG", "warn,mxgate::startup=info");
         }
-        let mut child = command
+        command
             .arg("run")
             .args([
                 "--listen",
@@ -94,11 +95,12 @@ impl MxgateProcess {
                 &backend.to_string(),
             ])
             .args(args)
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .stderr(Stdio::piped());
+        let (child, stderr) = ChildProcess::spawn(&mut command)
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stderr = child.stderr.take().context("no stderr")?;
+        let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(
+            stderr.context("no stderr")?,
+        ))?;
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
         let (log, _) = broadcast::channel(LOG_BACKLOG);
         let log_tx = log.clone();
@@ -130,7 +132,9 @@ impl MxgateProcess {
 
     /// SIGTERM, then wait for the process (and its last log lines).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let status = signal_and_wait(&mut self.child, "TERM", Duration::from_secs(40))
+        let status = self
+            .child
+            .signal_and_wait("TERM", Duration::from_secs(40))
             .await
             .context("mxgate did not exit after SIGTERM")??;
         let _ = self.log_done.await;
@@ -139,22 +143,6 @@ impl MxgateProcess {
         }
         Ok(())
     }
-}
-
-/// Sends `signal` (a name for kill(1): "TERM", "INT") to a child started here, by its PID, and
-/// waits at most `limit` for it to exit. `None` if it did not exit in time.
-pub async fn signal_and_wait(
-    child: &mut Child,
-    signal: &str,
-    limit: Duration,
-) -> Option<std::io::Result<std::process::ExitStatus>> {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .await;
-    }
-    tokio::time::timeout(limit, child.wait()).await.ok()
 }
 
 fn ip(s: &str) -> IpAddr {

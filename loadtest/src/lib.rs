@@ -4,6 +4,7 @@
 //! that what it measures is what operators run.
 #![forbid(unsafe_code)]
 
+pub mod child;
 pub mod client;
 pub mod demo;
 pub mod dnsbl;

@@ -3,16 +3,17 @@
 //! 50 and 500 concurrent sessions, with each proxy's CPU per 1,000 messages; refusals per second
 //! from listed addresses; mxgate's memory per idle session. Bounded in count and time.
 
+use crate::child::ChildProcess;
 use crate::client::SmtpClient;
-use crate::demo::{free_addr, mxgate_binary, signal_and_wait, MxgateProcess};
+use crate::demo::{free_addr, mxgate_binary, MxgateProcess};
 use crate::scrape::{cpu_seconds, memory_kib};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ThroughputOptions {
@@ -115,7 +116,7 @@ async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
 async fn start_haproxy(
     dir: &std::path::Path,
     backend: SocketAddr,
-) -> anyhow::Result<Option<(Child, SocketAddr)>> {
+) -> anyhow::Result<Option<(ChildProcess, SocketAddr)>> {
     let bin = std::path::Path::new("/usr/sbin/haproxy");
     if !bin.exists() {
         return Ok(None);
@@ -128,11 +129,7 @@ async fn start_haproxy(
             "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\nlisten smtp\n    bind {listen}\n    server sink {backend}\n"
         ),
     )?;
-    let child = Command::new(bin)
-        .args(["-db", "-f"])
-        .arg(&config)
-        .kill_on_drop(true)
-        .spawn()
+    let (child, _) = ChildProcess::spawn(Command::new(bin).args(["-db", "-f"]).arg(&config))
         .context("cannot start haproxy")?;
     wait_listening(listen).await?;
     Ok(Some((child, listen)))
@@ -208,7 +205,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     let mut paths: Vec<(&str, SocketAddr, Option<u32>)> =
         vec![("direct to the sink", sink.addr(), None)];
     if let Some((child, addr)) = &haproxy {
-        paths.push(("haproxy (TCP mode)", *addr, child.id()));
+        paths.push(("haproxy (TCP mode)", *addr, Some(child.pid())));
     }
     paths.push(("mxgate", listen, Some(gate.pid())));
     let mut comparisons = Vec::new();
@@ -266,7 +263,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     }
     gate.stop().await?;
     if let Some((mut child, _)) = haproxy {
-        let _ = signal_and_wait(&mut child, "TERM", Duration::from_secs(10)).await;
+        let _ = child.signal_and_wait("TERM", Duration::from_secs(10)).await;
     }
     sink.stop().await;
 
@@ -313,13 +310,13 @@ struct IdleMemory {
 async fn idle_memory(dir: &std::path::Path, sessions: usize) -> anyhow::Result<IdleMemory> {
     let sink_addr = free_addr()?;
     let loadtest = std::env::current_exe()?;
-    let mut sink = Command::new(&loadtest)
-        .args(["sink", "--listen", &sink_addr.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a sink process")?;
+    let (mut sink, _) = ChildProcess::spawn(
+        Command::new(&loadtest)
+            .args(["sink", "--listen", &sink_addr.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .context("cannot start a sink process")?;
     wait_listening(sink_addr).await?;
     let _ = mxgate_binary()?;
     let policy = dir.join("idle-policy.toml");
@@ -367,7 +364,7 @@ async fn idle_memory(dir: &std::path::Path, sessions: usize) -> anyhow::Result<I
     drop(held);
     drop(warm);
     gate.stop().await?;
-    let _ = signal_and_wait(&mut sink, "INT", Duration::from_secs(20)).await;
+    let _ = sink.signal_and_wait("INT", Duration::from_secs(20)).await;
     Ok(IdleMemory {
         sessions,
         rss_before_kib,

@@ -6,7 +6,7 @@
 use crate::child::ChildProcess;
 use crate::client::SmtpClient;
 use crate::demo::{free_addr, mxgate_binary, MxgateProcess};
-use crate::scrape::{cpu_seconds, memory_kib};
+use crate::scrape::{memory_kib, thread_run_seconds};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -220,12 +220,12 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
             }
             for k in order {
                 let (_, addr, pid) = &paths[k];
-                let before = pid.and_then(cpu_seconds);
+                let before = pid.and_then(thread_run_seconds);
                 let rate = deliver(*addr, sessions, opts.messages, body.clone())
                     .await
                     .with_context(|| format!("{} at {sessions} sessions", paths[k].0))?;
                 rates[k].push(rate);
-                if let (Some(b), Some(a)) = (before, pid.and_then(cpu_seconds)) {
+                if let (Some(b), Some(a)) = (before, pid.and_then(thread_run_seconds)) {
                     cpu[k].push((a - b) / opts.messages as f64 * 1e6);
                 }
             }
@@ -236,7 +236,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
             let rate = median(&mut rates[k].clone());
             let per_k = match cpu[k].is_empty() {
                 true => "-".to_owned(),
-                false => format!("{:.0}", median(&mut cpu[k])),
+                false => format!("{:.1}", median(&mut cpu[k])),
             };
             println!(
                 "| {sessions} | {name} | {rate:.0} | {per_k} | {} |",

@@ -17,8 +17,8 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Starts `command`; the caller takes what it piped (stdout, stderr) from the returned child's
-    /// handles before they are given up here.
+    /// Starts `command` and hands back its stderr if `command` piped it (the one stream the harness
+    /// reads: mxgate's log); any other pipe is closed here.
     pub fn spawn(
         command: &mut Command,
     ) -> io::Result<(ChildProcess, Option<std::process::ChildStderr>)> {

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use mxgate_loadtest::dnsbl;
 use mxgate_loadtest::sink::{Sink, SinkConfig};
+use std::future::Future;
 use std::net::SocketAddr;
 
 #[derive(Parser)]
@@ -61,17 +62,18 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Demo => mxgate_loadtest::demo::run().await?,
+        Command::Demo => until_stopped(mxgate_loadtest::demo::run()).await?,
         Command::Run {
             scenario,
             policy,
             compare,
             out,
         } => {
-            mxgate_loadtest::report::run_scenario(&scenario, policy, compare, out).await?;
+            let run = mxgate_loadtest::report::run_scenario(&scenario, policy, compare, out);
+            until_stopped(run).await?;
         }
-        Command::Refusals(opts) => mxgate_loadtest::refusals::run(opts).await?,
-        Command::Throughput(opts) => mxgate_loadtest::throughput::run(opts).await?,
+        Command::Refusals(opts) => until_stopped(mxgate_loadtest::refusals::run(opts)).await?,
+        Command::Throughput(opts) => until_stopped(mxgate_loadtest::throughput::run(opts)).await?,
         Command::Dnsbl { listen, zones } => {
             let zones = if zones.is_empty() {
                 dnsbl::demo_zones()
@@ -120,6 +122,19 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a harness command until it ends or Ctrl-C or SIGTERM comes. On a signal the command is
+/// dropped, and with it the processes it started (mxgate, haproxy), each killed when its handle
+/// drops: a signal's default action would end the harness at once and leave them running.
+async fn until_stopped<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::select! {
+        done = work => done,
+        signal = stop_signal() => {
+            signal?;
+            anyhow::bail!("interrupted; the processes this run started are stopped")
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM: the servers started here stop on either.

@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -133,6 +134,8 @@ def main():
         sys.exit("build first: cargo build --release")
     proxy_cpu, load_cpu = (0, 1) if opts.split else (None, None)
     procs = []
+    # SIGTERM ends the run through the `finally` below, as Ctrl-C does: the servers stop, the files go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("interrupted"))
     tmp = tempfile.mkdtemp(prefix="mxgate-bench-")
     try:
         sink_port, haproxy_port, gate_port = free_port(), free_port(), free_port()
@@ -243,6 +246,7 @@ listen smtp
                 p.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

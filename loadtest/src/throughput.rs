@@ -172,7 +172,11 @@ fn median(values: &mut [f64]) -> f64 {
 
 pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-    let dir = tempfile_dir()?;
+    // Removed when dropped: at the end, on an error, or when a signal ends the run.
+    let scratch = tempfile::Builder::new()
+        .prefix("mxgate-throughput-")
+        .tempdir()?;
+    let dir = scratch.path();
     let body = Arc::new({
         let mut b = b"Subject: throughput\r\n\r\n".to_vec();
         while b.len() + 78 <= opts.size {
@@ -187,7 +191,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         ..SinkConfig::loopback()
     })
     .await?;
-    let haproxy = start_haproxy(&dir, sink.addr()).await?;
+    let haproxy = start_haproxy(dir, sink.addr()).await?;
     let policy = dir.join("bench-policy.toml");
     std::fs::write(&policy, BENCH_POLICY)?;
     let listen = free_addr()?;
@@ -278,7 +282,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         refusals.per_second, refusals.refused, refusals.seconds, refusals.cpu_us
     );
 
-    let idle = idle_memory(&dir, opts.idle_sessions).await?;
+    let idle = idle_memory(dir, opts.idle_sessions).await?;
     println!(
         "idle sessions: {} held (greeted, EHLO answered, backend connected); mxgate RSS {:.1} MiB before, {:.1} MiB with them, peak {:.1} MiB: {:.1} KiB per idle session",
         idle.sessions,
@@ -287,14 +291,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         idle.peak_kib as f64 / 1024.0,
         idle.per_session_kib
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("mxgate-throughput-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 struct IdleMemory {

@@ -4,30 +4,33 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The processes whose parent is `parent`, with their command names and states, from /proc.
-fn children_of(parent: u32) -> Vec<(u32, String, char)> {
+/// A process's command name, state and parent, from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(String, char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((name.to_owned(), state, parent))
+}
+
+/// The processes whose parent is `parent`, with their command names.
+fn children_of(parent: u32) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            (ppid == parent).then(|| (pid, name.to_owned(), state))
+            let (name, _, ppid) = stat(pid)?;
+            (ppid == parent).then_some((pid, name))
         })
         .collect()
 }
 
 /// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.chars().next()? != 'Z'))
-        .unwrap_or(false)
+    stat(pid).is_some_and(|(_, state, _)| state != 'Z')
 }
 
 #[test]
@@ -40,9 +43,9 @@ fn sigterm_during_the_demo_stops_the_mxgate_it_started() {
         .expect("start the harness");
     let started = Instant::now();
     let gate = loop {
-        if let Some((pid, _, _)) = children_of(harness.id())
+        if let Some((pid, _)) = children_of(harness.id())
             .into_iter()
-            .find(|(_, name, _)| name == "mxgate")
+            .find(|(_, name)| name == "mxgate")
         {
             break pid;
         }

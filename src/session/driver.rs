@@ -2,6 +2,7 @@
 //! what it asks for, enforces the timeouts and upgrades the client to TLS on STARTTLS.
 
 use super::buffers;
+use super::quick_write::{write_at_once, Left};
 use super::refuse;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
@@ -308,7 +309,25 @@ async fn drive<C: ClientStream>(
     loop {
         lend_output_buffers(&mut out);
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
-        let next = flush(relay, client, &mut link.backend, &mut out, t).await;
+        // The common turn: both sockets take all of the output at once. The timed writes are built
+        // only for what is left, and for the turns that close the session or upgrade it.
+        let next = match out.action {
+            None => match write_at_once(client, &mut link.backend, &mut out).await {
+                Left::Nothing => None,
+                Left::Output { client_unflushed } => {
+                    flush(
+                        relay,
+                        client,
+                        &mut link.backend,
+                        &mut out,
+                        t,
+                        client_unflushed,
+                    )
+                    .await
+                }
+            },
+            Some(_) => flush(relay, client, &mut link.backend, &mut out, t, false).await,
+        };
         // Inside a body the buffers are kept: they grew to the size of its pieces, and the pool
         // would free them and hand out small ones to grow again at every piece.
         if next.is_some() || !relay.in_body() {
@@ -391,16 +410,18 @@ fn lend_output_buffers(out: &mut Output) {
     }
 }
 
-/// Writes what the relay produced. Returns how the session goes on if it stops here.
+/// Writes what the relay produced (what [`write_at_once`] left of it) and flushes the client
+/// stream if `client_unflushed`. Returns how the session goes on if it stops here.
 async fn flush<C: ClientStream>(
     relay: &mut Relay,
     client: &mut C,
     backend: &mut TcpStream,
     out: &mut Output,
     t: &Timeouts,
+    client_unflushed: bool,
 ) -> Option<Next> {
     let mut client_gone = false;
-    if !out.to_client.is_empty() {
+    if !out.to_client.is_empty() || client_unflushed {
         let written = finish_within(t.idle, async {
             // The last reply before a close takes the FIN along where the transport allows.
             match out.action {

@@ -311,22 +311,18 @@ async fn drive<C: ClientStream>(
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
         // The common turn: both sockets take all of the output at once. The timed writes are built
         // only for what is left, and for the turns that close the session or upgrade it.
-        let next = match out.action {
-            None => match write_at_once(client, &mut link.backend, &mut out).await {
-                Left::Nothing => None,
-                Left::Output { client_unflushed } => {
-                    flush(
-                        relay,
-                        client,
-                        &mut link.backend,
-                        &mut out,
-                        t,
-                        client_unflushed,
-                    )
-                    .await
-                }
+        let left = match out.action {
+            None => write_at_once(client, &mut link.backend, &mut out).await,
+            Some(_) => Left::Output {
+                client_unflushed: false,
             },
-            Some(_) => flush(relay, client, &mut link.backend, &mut out, t, false).await,
+        };
+        let next = match left {
+            Left::Nothing => None,
+            Left::Output { client_unflushed } => {
+                let backend = &mut link.backend;
+                flush(relay, client, backend, &mut out, t, client_unflushed).await
+            }
         };
         // Inside a body the buffers are kept: they grew to the size of its pieces, and the pool
         // would free them and hand out small ones to grow again at every piece.

@@ -115,6 +115,11 @@ mod tests {
         }
     }
 
+    /// Bytes left for the timed writes; nothing the client stream holds unflushed.
+    const REST_LEFT: Left = Left::Output {
+        client_unflushed: false,
+    };
+
     fn writer(room: usize) -> Writer {
         Writer {
             room,
@@ -154,12 +159,7 @@ mod tests {
         let (mut client, mut backend) = (writer(6), writer(100));
         let mut out = output(b"250 2.1.0 Ok\r\n", b"QUIT\r\n");
         let left = write(&mut client, &mut backend, &mut out);
-        assert_eq!(
-            left,
-            Left::Output {
-                client_unflushed: false
-            }
-        );
+        assert_eq!(left, REST_LEFT);
         assert_eq!(client.written, b"250 2.");
         assert_eq!(&out.to_client[..], b"1.0 Ok\r\n");
         // The backend's part is written after the client's, as the timed writes do.
@@ -188,22 +188,12 @@ mod tests {
         let (mut client, mut backend) = (writer(100), writer(5));
         let mut out = output(b"", b"MAIL FROM:<a@b>\r\n");
         let left = write(&mut client, &mut backend, &mut out);
-        assert_eq!(
-            left,
-            Left::Output {
-                client_unflushed: false
-            }
-        );
+        assert_eq!(left, REST_LEFT);
         assert_eq!(&out.to_backend[..], b"FROM:<a@b>\r\n");
 
         backend.fail = true;
         let left = write(&mut client, &mut backend, &mut out);
-        assert_eq!(
-            left,
-            Left::Output {
-                client_unflushed: false
-            }
-        );
+        assert_eq!(left, REST_LEFT);
         assert_eq!(&out.to_backend[..], b"FROM:<a@b>\r\n");
     }
 }

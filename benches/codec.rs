@@ -111,5 +111,78 @@ fn transaction(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, commands, data_end, transaction);
+/// The steady state of a persistent session, as in the throughput harness: one pipelined message
+/// of about 1 KiB in 80-byte lines, its replies, and nothing else.
+fn message_in_open_session(c: &mut Criterion) {
+    let config = RelayConfig {
+        hostname: "mx.bench".into(),
+        messages_per_session: u32::MAX,
+        recipients_per_message: 100,
+        max_command_line: 2048,
+        max_junk_commands: 10,
+        tls_available: false,
+        teaser_sent: false,
+    };
+    let mut body =
+        b"From: <a@client.example>\r\nTo: <b@backend>\r\nSubject: bench\r\n\r\n".to_vec();
+    while body.len() < 900 {
+        body.extend_from_slice(
+            b"The quick brown fox jumps over the lazy dog. 0123456789 abcdefghijklmnopqrstuvw\r\n",
+        );
+    }
+    body.extend_from_slice(b".\r\n");
+    let opening: [(bool, &[u8]); 3] = [
+        (false, b"220 backend ESMTP\r\n"),
+        (true, b"EHLO client.example\r\n"),
+        (false, b"250-backend\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),
+    ];
+    let message: [(bool, &[u8]); 4] = [
+        (
+            true,
+            b"MAIL FROM:<a@client.example>\r\nRCPT TO:<b@backend>\r\nDATA\r\n",
+        ),
+        (false, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data\r\n"),
+        (true, &body),
+        (false, b"250 2.0.0 Ok: queued\r\n"),
+    ];
+    let mut relay = Relay::new(config);
+    let (mut client, mut backend, mut out) = (BytesMut::new(), BytesMut::new(), Output::default());
+    let mut step = |relay: &mut Relay, from_client: bool, bytes: &[u8]| {
+        let buf = if from_client {
+            &mut client
+        } else {
+            &mut backend
+        };
+        buf.extend_from_slice(bytes);
+        relay.pump(&mut client, &mut backend, &mut out);
+        let written = out.to_client.len() + out.to_backend.len();
+        out.to_client.clear();
+        out.to_backend.clear();
+        written
+    };
+    for (from_client, bytes) in opening {
+        step(&mut relay, from_client, bytes);
+    }
+    c.bench_function(
+        "relay: one pipelined 1 KiB message in an open session",
+        |b| {
+            b.iter(|| {
+                let mut written = 0;
+                for (from_client, bytes) in message {
+                    written += step(&mut relay, from_client, black_box(bytes));
+                }
+                assert!(written > body.len());
+                written
+            })
+        },
+    );
+}
+
+criterion_group!(
+    benches,
+    commands,
+    data_end,
+    transaction,
+    message_in_open_session
+);
 criterion_main!(benches);

@@ -5,8 +5,13 @@
 //! Dot-stuffed lines (`..`) are not the terminator and pass through untouched.
 
 use memchr::memmem;
+use std::sync::LazyLock;
 
 const TERMINATOR: &[u8; 5] = b"\r\n.\r\n";
+
+/// The terminator's searcher, built once: building one costs about as much as searching a small body.
+static FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(TERMINATOR));
 
 /// State carried across reads: how many bytes of the terminator the stream currently ends with.
 #[derive(Debug, Clone)]
@@ -39,7 +44,7 @@ impl DataEndScanner {
                 return Some(end);
             }
         }
-        if let Some(start) = memmem::find(chunk, TERMINATOR) {
+        if let Some(start) = FINDER.find(chunk) {
             return Some(start + TERMINATOR.len());
         }
         // No terminator: remember how much of one the chunk ends with (at most its last four bytes).

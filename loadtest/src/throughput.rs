@@ -112,12 +112,13 @@ async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     bail!("nothing listens on {addr}")
 }
 
-/// haproxy in TCP mode in front of `backend`, if it is installed.
+/// haproxy in TCP mode in front of `backend`, if it is installed: `$HAPROXY_BIN`, else Debian's.
 async fn start_haproxy(
     dir: &std::path::Path,
     backend: SocketAddr,
 ) -> anyhow::Result<Option<(ChildProcess, SocketAddr)>> {
-    let bin = std::path::Path::new("/usr/sbin/haproxy");
+    let bin = std::env::var_os("HAPROXY_BIN").unwrap_or_else(|| "/usr/sbin/haproxy".into());
+    let bin = std::path::Path::new(&bin);
     if !bin.exists() {
         return Ok(None);
     }

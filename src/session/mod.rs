@@ -6,6 +6,7 @@ pub mod codec;
 pub mod data_end;
 pub mod driver;
 pub mod ehlo;
+pub mod owed;
 pub mod quick_write;
 pub mod refuse;
 pub mod relay;

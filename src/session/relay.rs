@@ -11,8 +11,8 @@ use super::codec::{
     bdat_size, parse_command, scan_line, scan_reply, Command, LineScan, Reply, Verb,
 };
 use super::ehlo::{rewrite_ehlo, EhloOffer};
+use super::owed::{Owed, OwedReplies};
 use bytes::{Buf, BytesMut};
-use std::collections::VecDeque;
 
 /// The limits and names a relay works with, fixed for the session's life.
 #[derive(Debug, Clone)]
@@ -92,15 +92,6 @@ impl EndReason {
     }
 }
 
-/// A reply the client is owed, in command order.
-#[derive(Debug)]
-enum Pending {
-    /// The backend's reply to this kind of command.
-    Backend(Expect),
-    /// A reply mxgate wrote itself, held back until the backend replies before it have gone out.
-    Local(Vec<u8>),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     Greeting,
@@ -159,7 +150,7 @@ pub struct SessionStats {
 pub struct Relay {
     config: RelayConfig,
     mode: Mode,
-    pending: VecDeque<Pending>,
+    pending: OwedReplies<Expect>,
     backend_awaited: usize,
     greeted: bool,
     ehlo_sent: bool,
@@ -189,8 +180,8 @@ pub struct Relay {
 impl Relay {
     /// A relay for a fresh backend connection whose greeting has not arrived yet.
     pub fn new(config: RelayConfig) -> Self {
-        let mut pending = VecDeque::with_capacity(8);
-        pending.push_back(Pending::Backend(Expect::Greeting));
+        let mut pending = OwedReplies::default();
+        pending.push_backend(Expect::Greeting);
         Self {
             config,
             mode: Mode::Command,
@@ -528,7 +519,7 @@ impl Relay {
     fn on_backend_reply(&mut self, raw: &[u8], reply: &Reply, out: &mut Output) -> bool {
         let code = reply.code;
         self.backend_said_goodbye = code == 421;
-        let Some(Pending::Backend(expect)) = self.pending.pop_front() else {
+        let Some(Owed::Backend(expect)) = self.pending.pop_front() else {
             // Nothing was asked: a backend that times out or shuts down says 421 and closes.
             if code == 421 {
                 out.to_client.extend_from_slice(raw);
@@ -626,7 +617,7 @@ impl Relay {
         // The client already has the backend's last word (its 421, or the end of the session).
         self.end.get_or_insert(EndReason::BackendClosed);
         while let Some(pending) = self.pending.pop_front() {
-            if let Pending::Local(text) = pending {
+            if let Owed::Local(text) = pending {
                 out.to_client.extend_from_slice(&text);
             }
         }
@@ -712,7 +703,7 @@ impl Relay {
     }
 
     fn expect(&mut self, expect: Expect) {
-        self.pending.push_back(Pending::Backend(expect));
+        self.pending.push_backend(expect);
         self.backend_awaited += 1;
     }
 
@@ -721,13 +712,13 @@ impl Relay {
         if self.pending.is_empty() {
             out.to_client.extend_from_slice(&text);
         } else {
-            self.pending.push_back(Pending::Local(text));
+            self.pending.push_local(text);
         }
     }
 
     fn flush_local(&mut self, out: &mut Output) {
-        while let Some(Pending::Local(_)) = self.pending.front() {
-            if let Some(Pending::Local(text)) = self.pending.pop_front() {
+        while self.pending.front_is_local() {
+            if let Some(Owed::Local(text)) = self.pending.pop_front() {
                 out.to_client.extend_from_slice(&text);
             }
         }
@@ -763,9 +754,9 @@ impl Relay {
         // After DATA the backend reads everything as body, so QUIT must not be sent.
         let was_relaying_body = matches!(self.mode, Mode::Data | Mode::AwaitDataReply);
         self.mode = Mode::Closing;
-        if was_relaying_body || self.pending.iter().all(|p| matches!(p, Pending::Local(_))) {
+        if was_relaying_body || self.pending.all_local() {
             // Nothing more will come from the backend that the client is owed.
-            while let Some(Pending::Local(text)) = self.pending.pop_front() {
+            while let Some(Owed::Local(text)) = self.pending.pop_front() {
                 out.to_client.extend_from_slice(&text);
             }
             self.pending.clear();

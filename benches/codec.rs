@@ -60,16 +60,46 @@ fn data_end(c: &mut Criterion) {
     group.finish();
 }
 
-fn transaction(c: &mut Criterion) {
-    let config = RelayConfig {
+/// The relay's configuration in these benches: no cap in the way but the message limit given.
+fn bench_config(messages_per_session: u32) -> RelayConfig {
+    RelayConfig {
         hostname: "mx.bench".into(),
-        messages_per_session: 1000,
+        messages_per_session,
         recipients_per_message: 100,
         max_command_line: 2048,
         max_junk_commands: 10,
         tls_available: false,
         teaser_sent: false,
-    };
+    }
+}
+
+/// The relay's two input buffers and its output, as the driver holds them.
+#[derive(Default)]
+struct Wire {
+    client: BytesMut,
+    backend: BytesMut,
+    out: Output,
+}
+
+impl Wire {
+    /// Gives `bytes` to the relay as read from the client or the backend; returns how many bytes
+    /// it wrote, then drops them, as if the sockets took them.
+    fn feed(&mut self, relay: &mut Relay, from_client: bool, bytes: &[u8]) -> usize {
+        let buf = match from_client {
+            true => &mut self.client,
+            false => &mut self.backend,
+        };
+        buf.extend_from_slice(bytes);
+        relay.pump(&mut self.client, &mut self.backend, &mut self.out);
+        let written = self.out.to_client.len() + self.out.to_backend.len();
+        self.out.to_client.clear();
+        self.out.to_backend.clear();
+        written
+    }
+}
+
+fn transaction(c: &mut Criterion) {
+    let config = bench_config(1000);
     let steps: Vec<(bool, &[u8])> = vec![
         (false, b"220 backend ESMTP\r\n"),
         (true, b"EHLO client.example\r\n"),
@@ -91,20 +121,11 @@ fn transaction(c: &mut Criterion) {
         b.iter_batched(
             || Relay::new(config.clone()),
             |mut relay| {
-                let (mut client, mut backend, mut out) =
-                    (BytesMut::new(), BytesMut::new(), Output::default());
-                for (from_client, bytes) in &steps {
-                    let buf = if *from_client {
-                        &mut client
-                    } else {
-                        &mut backend
-                    };
-                    buf.extend_from_slice(bytes);
-                    relay.pump(&mut client, &mut backend, &mut out);
-                    out.to_client.clear();
-                    out.to_backend.clear();
+                let mut wire = Wire::default();
+                for &(from_client, bytes) in &steps {
+                    wire.feed(&mut relay, from_client, bytes);
                 }
-                out.action
+                wire.out.action
             },
             BatchSize::SmallInput,
         )
@@ -114,15 +135,6 @@ fn transaction(c: &mut Criterion) {
 /// The steady state of a persistent session, as in the throughput harness: one pipelined message
 /// of about 1 KiB in 80-byte lines, its replies, and nothing else.
 fn message_in_open_session(c: &mut Criterion) {
-    let config = RelayConfig {
-        hostname: "mx.bench".into(),
-        messages_per_session: u32::MAX,
-        recipients_per_message: 100,
-        max_command_line: 2048,
-        max_junk_commands: 10,
-        tls_available: false,
-        teaser_sent: false,
-    };
     let mut body =
         b"From: <a@client.example>\r\nTo: <b@backend>\r\nSubject: bench\r\n\r\n".to_vec();
     while body.len() < 900 {
@@ -145,23 +157,10 @@ fn message_in_open_session(c: &mut Criterion) {
         (true, &body),
         (false, b"250 2.0.0 Ok: queued\r\n"),
     ];
-    let mut relay = Relay::new(config);
-    let (mut client, mut backend, mut out) = (BytesMut::new(), BytesMut::new(), Output::default());
-    let mut step = |relay: &mut Relay, from_client: bool, bytes: &[u8]| {
-        let buf = if from_client {
-            &mut client
-        } else {
-            &mut backend
-        };
-        buf.extend_from_slice(bytes);
-        relay.pump(&mut client, &mut backend, &mut out);
-        let written = out.to_client.len() + out.to_backend.len();
-        out.to_client.clear();
-        out.to_backend.clear();
-        written
-    };
+    let mut relay = Relay::new(bench_config(u32::MAX));
+    let mut wire = Wire::default();
     for (from_client, bytes) in opening {
-        step(&mut relay, from_client, bytes);
+        wire.feed(&mut relay, from_client, bytes);
     }
     c.bench_function(
         "relay: one pipelined 1 KiB message in an open session",
@@ -169,7 +168,7 @@ fn message_in_open_session(c: &mut Criterion) {
             b.iter(|| {
                 let mut written = 0;
                 for (from_client, bytes) in message {
-                    written += step(&mut relay, from_client, black_box(bytes));
+                    written += wire.feed(&mut relay, from_client, black_box(bytes));
                 }
                 assert!(written > body.len());
                 written

@@ -13,7 +13,6 @@ real load: the counts are a guide to where the work is, not the real load. Every
 """
 
 import argparse
-import collections
 import glob
 import os
 import shutil
@@ -38,9 +37,8 @@ def wrapper(dir, name, binary):
 
 
 def run(dir, sessions, messages):
-    """One harness run; returns the count files of haproxy and of the mxgate that relayed."""
-    for old in glob.glob(os.path.join(dir, "*.[0-9]*")):
-        os.remove(old)
+    """One harness run, its counts written to `dir` (empty); returns the count files of haproxy
+    and of the mxgate that relayed."""
     env = dict(os.environ)
     env["MXGATE_BIN"] = wrapper(dir, "mxgate", os.path.join(ROOT, "target/release/mxgate"))
     env["HAPROXY_BIN"] = wrapper(dir, "haproxy", shutil.which("haproxy") or "/usr/sbin/haproxy")
@@ -57,7 +55,7 @@ def run(dir, sessions, messages):
 
 def counts(path):
     """Event names, and the counts per function of a cachegrind output file."""
-    events, fn, per_fn = None, None, collections.defaultdict(lambda: None)
+    events, fn, per_fn = None, None, {}
     with open(path) as f:
         for line in f:
             if line.startswith("events:"):
@@ -67,7 +65,7 @@ def counts(path):
             elif line[:1].isdigit():
                 values = [int(v) for v in line.split()[1:]]
                 values += [0] * (len(events) - len(values))
-                acc = per_fn[fn] or [0] * len(events)
+                acc = per_fn.get(fn) or [0] * len(events)
                 per_fn[fn] = [a + v for a, v in zip(acc, values)]
     return events, per_fn
 

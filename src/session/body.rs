@@ -34,7 +34,7 @@ impl BodyStream {
         // Almost every body has no bare LF: one branch-free pass says so, and the piece is then
         // passed on whole instead of line by line.
         if !has_bare_lf(self.after_cr, input) {
-            return self.relay_clean(input, out);
+            return self.relay_from(input, 0, out);
         }
         let mut start = 0;
         for lf in memchr::memchr_iter(b'\n', input) {
@@ -57,11 +57,6 @@ impl BodyStream {
             start = lf + 1;
         }
         self.relay_from(input, start, out)
-    }
-
-    /// Passes on a piece without bare LFs.
-    fn relay_clean(&mut self, input: &[u8], out: &mut BytesMut) -> Relayed {
-        self.relay_from(input, 0, out)
     }
 
     /// Passes on the input from `start`, which holds no bare LF.

@@ -6,6 +6,7 @@ use super::quick_write::{write_at_once, Left};
 use super::refuse;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
+use super::wait::{Armed, ClientRead, Stop, Wait, Woken};
 use crate::admission::gate::AdmissionPermit;
 use crate::net::backend::{self, BackendError};
 use crate::net::last_reply;
@@ -18,7 +19,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -263,7 +264,7 @@ async fn tls_failed(relay: &mut Relay, link: &mut Link, timeouts: &Timeouts) {
 }
 
 /// The client connection as the driver uses it: plain TCP, then TLS after STARTTLS.
-trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+trait ClientStream: ClientRead + AsyncWrite + Unpin {
     /// Writes the session's last bytes and half-closes, in one segment where the transport allows.
     async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write_all(bytes).await
@@ -278,6 +279,8 @@ impl ClientStream for TcpStream {
 
 /// TLS ends with its own close_notify; its last record is written the ordinary way.
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
+impl ClientRead for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// Runs the relay over one client stream (plain, then TLS after STARTTLS) until it ends or upgrades.
 async fn drive<C: ClientStream>(
@@ -306,6 +309,7 @@ async fn drive<C: ClientStream>(
     // Once the session's time limit has passed, only the waits for the backend's replies still
     // owed are timed (the relay reads no more from the client).
     let mut expired = false;
+    let mut armed = Armed::default();
     loop {
         lend_output_buffers(&mut out);
         relay.pump(&mut link.client_in, &mut link.backend_in, &mut out);
@@ -344,6 +348,7 @@ async fn drive<C: ClientStream>(
         };
         if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
+            armed.timer.disarm();
         }
         let wants_client = relay.wants_client_input(link.client_in.len());
         if wants_client {
@@ -357,31 +362,40 @@ async fn drive<C: ClientStream>(
         }
         let client_room = link.client_in.capacity() - link.client_in.len();
         link.backend_in.reserve(buffers::START);
-        tokio::select! {
-            biased;
-            _ = &mut cancelled, if grace_timer.is_none() => {
+        let woken = Wait {
+            armed: &mut armed,
+            stop: match grace_timer.as_mut() {
+                None => Stop::Signal(cancelled.as_mut()),
+                Some(grace) => Stop::Grace(grace.as_mut()),
+            },
+            backend: &mut link.backend,
+            backend_in: &mut link.backend_in,
+            client: wants_client.then_some((&mut *client, &mut link.client_in)),
+            timer: timer.as_mut(),
+        }
+        .await;
+        match woken {
+            Woken::Cancelled => {
                 let at = Instant::now() + t.grace;
                 *grace_deadline = Some(at);
                 grace_timer = Some(Box::pin(sleep_until(at)));
                 relay.on_shutdown(&mut out);
             }
-            _ = async { grace_timer.as_mut().expect("guarded").await }, if grace_timer.is_some() => {
-                relay.on_shutdown_deadline(&mut out);
-            }
-            read = link.backend.read_buf(&mut link.backend_in) => {
+            Woken::GraceOver => relay.on_shutdown_deadline(&mut out),
+            Woken::Backend(read) => {
                 last_read = Instant::now();
                 if !matches!(read, Ok(n) if n > 0) {
                     relay.on_backend_eof(&mut out);
                 }
             }
-            read = client.read_buf(&mut link.client_in), if wants_client => {
+            Woken::Client(read) => {
                 last_read = Instant::now();
                 match read {
                     Ok(n) if n > 0 => client_read_filled = n == client_room,
                     _ => relay.on_client_eof(&mut out),
                 }
             }
-            _ = &mut timer => {
+            Woken::Timer => {
                 let now = Instant::now();
                 if !expired && now >= t.session_deadline {
                     expired = true;
@@ -390,6 +404,7 @@ async fn drive<C: ClientStream>(
                     relay.on_timeout(&mut out);
                 } else {
                     timer.as_mut().reset(deadline);
+                    armed.timer.disarm();
                 }
             }
         }

@@ -12,3 +12,4 @@ pub mod refuse;
 pub mod relay;
 pub mod stop;
 pub mod tls;
+pub mod wait;

@@ -240,9 +240,13 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
             .spawn(move || -> std::io::Result<()> {
                 let _stop_all_on_exit = shutdown.clone().drop_guard();
                 // Sockets and timers only: signals and child processes are the main thread's.
+                // After a busy turn the worker yields once before it sleeps (session/park.rs).
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .enable_time()
+                    .on_thread_park(|| {
+                        mxgate::session::park::before_sleep();
+                    })
                     .build()?;
                 runtime.block_on(async {
                     // A child token per worker: its sessions wait on a token no other thread touches.

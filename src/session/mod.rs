@@ -7,6 +7,7 @@ pub mod data_end;
 pub mod driver;
 pub mod ehlo;
 pub mod owed;
+pub mod park;
 pub mod quick_write;
 pub mod refuse;
 pub mod relay;

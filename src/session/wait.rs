@@ -63,6 +63,7 @@ impl<C: ClientRead, F: Future<Output = ()>> Future for Wait<'_, C, F> {
     type Output = Woken;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
+        super::park::count_wait();
         let this = &mut *self;
         this.armed.hold(cx.waker());
         let stopped = match &mut this.stop {

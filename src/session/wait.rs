@@ -194,104 +194,84 @@ mod tests {
         assert_eq!(&got[..n], b"EHLO x\r\n");
     }
 
-    /// One wait over the given sockets, the stop signal never raised; a wait that misses a source
-    /// that fired would hang, and fails here instead.
-    async fn wait_once(
-        armed: &mut Armed,
-        backend: &mut TcpStream,
-        client: &mut TcpStream,
-        inputs: &mut (BytesMut, BytesMut),
-        timer: Pin<&mut Sleep>,
-    ) -> Woken {
-        let never = std::future::pending::<()>();
-        tokio::pin!(never);
-        let wait = Wait {
-            armed,
-            stop: Stop::Signal(never.as_mut()),
-            backend,
-            backend_in: &mut inputs.0,
-            client: Some((client, &mut inputs.1)),
-            timer,
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), wait)
-            .await
-            .expect("the source that fired ends the wait")
+    /// A session's side of the waits: its sockets (the peers are the test's), inputs and timer.
+    struct Session {
+        armed: Armed,
+        backend: TcpStream,
+        client: TcpStream,
+        backend_in: BytesMut,
+        client_in: BytesMut,
+        timer: Pin<Box<Sleep>>,
+        never_stopped: Pin<Box<std::future::Pending<()>>>,
+    }
+
+    impl Session {
+        /// One wait; the stop signal is never raised.
+        fn wait(&mut self) -> Wait<'_, TcpStream, std::future::Pending<()>> {
+            Wait {
+                armed: &mut self.armed,
+                stop: Stop::Signal(self.never_stopped.as_mut()),
+                backend: &mut self.backend,
+                backend_in: &mut self.backend_in,
+                client: Some((&mut self.client, &mut self.client_in)),
+                timer: self.timer.as_mut(),
+            }
+        }
+
+        /// One wait to its end; a wait that misses a source that fired would hang, and fails
+        /// here instead.
+        async fn next(&mut self) -> Woken {
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.wait())
+                .await
+                .expect("the source that fired ends the wait")
+        }
+
+        /// As the driver does: the timer moved, so polled again at the next wait.
+        fn reset_timer(&mut self, after: std::time::Duration) {
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + after);
+            self.armed.timer.disarm();
+        }
     }
 
     #[tokio::test]
     async fn waits_in_a_row_see_each_source_that_fires_while_the_others_stay_armed() {
-        let (mut backend_peer, mut backend) = pair().await;
-        let (mut client_peer, mut client) = pair().await;
-        let timer = tokio::time::sleep(std::time::Duration::from_secs(3600));
-        tokio::pin!(timer);
-        let mut armed = Armed::default();
-        let mut inputs = (BytesMut::with_capacity(64), BytesMut::with_capacity(64));
+        let (mut backend_peer, backend) = pair().await;
+        let (mut client_peer, client) = pair().await;
+        let hour = std::time::Duration::from_secs(3600);
+        let mut session = Session {
+            armed: Armed::default(),
+            backend,
+            client,
+            backend_in: BytesMut::with_capacity(64),
+            client_in: BytesMut::with_capacity(64),
+            timer: Box::pin(tokio::time::sleep(hour)),
+            never_stopped: Box::pin(std::future::pending()),
+        };
         // Sockets may start out marked readable: a first poll with nothing sent reads nothing
         // and arms every source, so the waits below run with idle sources armed.
         {
-            let first = wait_once(
-                &mut armed,
-                &mut backend,
-                &mut client,
-                &mut inputs,
-                timer.as_mut(),
-            );
-            let mut first = std::pin::pin!(first);
+            let mut first = std::pin::pin!(session.wait());
             let polled = poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await;
             assert!(polled.is_pending(), "nothing was ready: {polled:?}");
         }
         client_peer.write_all(b"MAIL FROM:<a@b>\r\n").await.unwrap();
-        let woken = wait_once(
-            &mut armed,
-            &mut backend,
-            &mut client,
-            &mut inputs,
-            timer.as_mut(),
-        );
-        assert!(matches!(woken.await, Woken::Client(Ok(17))));
-        assert_eq!(&inputs.1[..], b"MAIL FROM:<a@b>\r\n");
+        assert!(matches!(session.next().await, Woken::Client(Ok(17))));
+        assert_eq!(&session.client_in[..], b"MAIL FROM:<a@b>\r\n");
         backend_peer.write_all(b"250 ok\r\n").await.unwrap();
-        let woken = wait_once(
-            &mut armed,
-            &mut backend,
-            &mut client,
-            &mut inputs,
-            timer.as_mut(),
-        );
-        assert!(matches!(woken.await, Woken::Backend(Ok(8))));
+        assert!(matches!(session.next().await, Woken::Backend(Ok(8))));
         client_peer.write_all(b"DATA\r\n").await.unwrap();
-        let woken = wait_once(
-            &mut armed,
-            &mut backend,
-            &mut client,
-            &mut inputs,
-            timer.as_mut(),
-        );
-        assert!(matches!(woken.await, Woken::Client(Ok(6))));
-        timer.as_mut().reset(tokio::time::Instant::now());
-        armed.timer.disarm();
-        let woken = wait_once(
-            &mut armed,
-            &mut backend,
-            &mut client,
-            &mut inputs,
-            timer.as_mut(),
-        );
-        assert!(matches!(woken.await, Woken::Timer));
-        // As the driver does: a fired timer is moved to the next deadline.
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
-        armed.timer.disarm();
+        assert!(matches!(session.next().await, Woken::Client(Ok(6))));
+        session.reset_timer(std::time::Duration::ZERO);
+        assert!(matches!(session.next().await, Woken::Timer));
+        session.reset_timer(hour);
         drop(backend_peer);
-        let woken = wait_once(
-            &mut armed,
-            &mut backend,
-            &mut client,
-            &mut inputs,
-            timer.as_mut(),
+        let woken = session.next().await;
+        assert!(
+            matches!(woken, Woken::Backend(Ok(0))),
+            "end of file: {woken:?}"
         );
-        assert!(matches!(woken.await, Woken::Backend(Ok(0))), "end of file");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::quick_write::{write_at_once, Left};
 use super::refuse;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
-use super::wait::{Armed, ClientRead, Stop, Wait, Woken};
+use super::wait::{reset_timer, Armed, ClientRead, Stop, Wait, Woken};
 use crate::admission::gate::AdmissionPermit;
 use crate::net::backend::{self, BackendError};
 use crate::net::last_reply;
@@ -347,8 +347,7 @@ async fn drive<C: ClientStream>(
             false => (last_read + wait).min(t.session_deadline),
         };
         if deadline < timer.deadline() {
-            timer.as_mut().reset(deadline);
-            armed.timer.disarm();
+            reset_timer(timer.as_mut(), &mut armed.timer, deadline);
         }
         let wants_client = relay.wants_client_input(link.client_in.len());
         if wants_client {
@@ -403,8 +402,7 @@ async fn drive<C: ClientStream>(
                 } else if now >= deadline {
                     relay.on_timeout(&mut out);
                 } else {
-                    timer.as_mut().reset(deadline);
-                    armed.timer.disarm();
+                    reset_timer(timer.as_mut(), &mut armed.timer, deadline);
                 }
             }
         }

@@ -74,34 +74,31 @@ impl<C: ClientRead, F: Future<Output = ()>> Future for Wait<'_, C, F> {
             return stopped;
         }
         let armed = &mut *this.armed;
-        if armed.backend.must_poll(|| readable(this.backend)) {
-            match poll_read_buf(Pin::new(&mut *this.backend), cx, &mut *this.backend_in) {
-                Poll::Ready(read) => {
-                    armed.backend.disarm();
-                    return Poll::Ready(Woken::Backend(read));
-                }
-                Poll::Pending => armed.backend.after_pending(),
-            }
+        let backend_in = &mut *this.backend_in;
+        let read = armed.backend.poll(
+            &mut *this.backend,
+            |b| readable(b),
+            |b| poll_read_buf(Pin::new(b), cx, backend_in),
+        );
+        if let Poll::Ready(read) = read {
+            return Poll::Ready(Woken::Backend(read));
         }
         if let Some((client, client_in)) = &mut this.client {
-            if armed.client.must_poll(|| client.may_be_readable()) {
-                match poll_read_buf(Pin::new(&mut **client), cx, &mut **client_in) {
-                    Poll::Ready(read) => {
-                        armed.client.disarm();
-                        return Poll::Ready(Woken::Client(read));
-                    }
-                    Poll::Pending => armed.client.after_pending(),
-                }
+            let read = armed.client.poll(
+                &mut **client,
+                |c| c.may_be_readable(),
+                |c| poll_read_buf(Pin::new(c), cx, &mut **client_in),
+            );
+            if let Poll::Ready(read) = read {
+                return Poll::Ready(Woken::Client(read));
             }
         }
-        if armed.timer.must_poll(|| this.timer.is_elapsed()) {
-            match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    armed.timer.disarm();
-                    return Poll::Ready(Woken::Timer);
-                }
-                Poll::Pending => armed.timer.after_pending(),
-            }
+        let timer = &mut this.timer;
+        let fired = armed
+            .timer
+            .poll(timer, |t| t.is_elapsed(), |t| t.as_mut().poll(cx));
+        if fired.is_ready() {
+            return Poll::Ready(Woken::Timer);
         }
         Poll::Pending
     }
@@ -115,8 +112,27 @@ impl<C: ClientRead, F: Future<Output = ()>> Future for Wait<'_, C, F> {
 pub struct Arm(bool);
 
 impl Arm {
+    /// Polls `source` with `poll` unless it is armed and `fired` shows it has not fired, and arms
+    /// or disarms it by the outcome.
+    pub fn poll<S, T>(
+        &mut self,
+        source: S,
+        fired: impl FnOnce(&S) -> bool,
+        poll: impl FnOnce(S) -> Poll<T>,
+    ) -> Poll<T> {
+        if !self.must_poll(|| fired(&source)) {
+            return Poll::Pending;
+        }
+        let polled = poll(source);
+        match polled {
+            Poll::Ready(_) => self.disarm(),
+            Poll::Pending => self.after_pending(),
+        }
+        polled
+    }
+
     /// Whether the source must be polled: it is not armed, or `fired` says it may have fired.
-    pub fn must_poll(self, fired: impl FnOnce() -> bool) -> bool {
+    fn must_poll(self, fired: impl FnOnce() -> bool) -> bool {
         !self.0 || fired()
     }
 
@@ -158,6 +174,12 @@ impl Armed {
     }
 }
 
+/// Moves `timer` to `at`; it is polled again at the next wait, to register the new deadline.
+pub fn reset_timer(timer: Pin<&mut Sleep>, arm: &mut Arm, at: tokio::time::Instant) {
+    timer.reset(at);
+    arm.disarm();
+}
+
 /// Whether a TCP socket's read readiness is set, as tokio's readiness records it: a wake-up for a
 /// reader sets it before it wakes the reader's waker. No system call, no lock and no change to the
 /// readiness (the closure succeeds, so nothing is cleared).
@@ -169,7 +191,6 @@ pub fn readable(stream: &TcpStream) -> bool {
 mod tests {
     use super::*;
     use std::future::poll_fn;
-    use std::task::Poll;
     use tokio::io::AsyncWriteExt;
 
     async fn pair() -> (TcpStream, TcpStream) {

@@ -140,6 +140,12 @@ impl Live {
             report.restart_needed.push("server.workers".into());
             new.workers = was.workers;
         }
+        if was.spin_before_sleep != new.spin_before_sleep {
+            report
+                .restart_needed
+                .push("server.spin_before_sleep".into());
+            new.spin_before_sleep = was.spin_before_sleep;
+        }
         let same_lists = old.policy.dns.lists == policy.dns.lists
             && old.policy.dns.resolver == policy.dns.resolver;
         let lists = match same_lists {

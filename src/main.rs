@@ -228,6 +228,7 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
         None => None,
     };
     let workers = policy.server.workers;
+    let spin = policy.server.spin_before_sleep;
     let sets = server::bind_per_worker(&policy.server.listen, workers)?;
     let live = main_runtime.block_on(Live::start(policy, source))?;
     let shutdown = CancellationToken::new();
@@ -240,7 +241,8 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
             .spawn(move || -> std::io::Result<()> {
                 let _stop_all_on_exit = shutdown.clone().drop_guard();
                 // Sockets and timers only: signals and child processes are the main thread's.
-                // After a busy turn the worker yields once before it sleeps (session/park.rs).
+                // Before it sleeps, a worker yields after a busy turn and spins after a light one
+                // (session/park.rs, session/spin.rs).
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .enable_time()
@@ -249,6 +251,9 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
                     })
                     .build()?;
                 runtime.block_on(async {
+                    if !spin.is_zero() {
+                        tokio::spawn(mxgate::session::spin::spinner(spin));
+                    }
                     // A child token per worker: its sessions wait on a token no other thread touches.
                     Server::from_std(listeners, live)?
                         .run(shutdown.child_token())

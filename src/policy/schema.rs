@@ -169,6 +169,9 @@ impl Default for DnsSection {
 fn default_cache_entries() -> usize {
     100_000
 }
+fn micros<const N: u64>() -> Duration {
+    Duration::from_micros(N)
+}
 fn millis<const N: u64>() -> Duration {
     Duration::from_millis(N)
 }
@@ -229,6 +232,10 @@ pub struct ServerSection {
     pub admin_token_file: Option<Spanned<PathBuf>>,
     /// Worker threads, each with its own runtime and listening sockets; default: one per core.
     pub workers: Option<usize>,
+    /// How long a worker with nothing to run polls for new events before it sleeps, while that
+    /// catches events often enough (src/session/spin.rs); "0s" turns it off.
+    #[serde(default = "micros::<20>", with = "humantime_serde")]
+    pub spin_before_sleep: Duration,
 }
 
 impl Default for ServerSection {
@@ -240,6 +247,7 @@ impl Default for ServerSection {
             admin_token: None,
             admin_token_file: None,
             workers: None,
+            spin_before_sleep: micros::<20>(),
         }
     }
 }

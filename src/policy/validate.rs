@@ -79,6 +79,7 @@ pub struct ServerPolicy {
     pub admin: Option<SocketAddr>,
     pub admin_token: Option<Arc<str>>,
     pub workers: usize,
+    pub spin_before_sleep: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +301,8 @@ pub const MAX_CLASSES: usize = 32;
 const MIN_COMMAND_LINE: usize = 512;
 /// Above this, one line could hold a whole message in memory before it is refused.
 const MAX_COMMAND_LINE: usize = 64 * 1024;
+/// The longest spin before sleeping a policy may ask for; the default is 20 us.
+const MAX_SPIN_BEFORE_SLEEP: Duration = Duration::from_millis(1);
 
 struct Checker<'a> {
     origin: &'a str,
@@ -354,6 +357,16 @@ pub(super) fn validate(
         check.error_at(
             "server.workers",
             "server.workers must be between 1 and 1024 (default: one per core)".into(),
+        );
+    }
+    if file.server.spin_before_sleep > MAX_SPIN_BEFORE_SLEEP {
+        check.error_at(
+            "server.spin_before_sleep",
+            format!(
+                "server.spin_before_sleep = {} is longer than {}: a worker would burn its core waiting (default: 20us; \"0s\" turns spinning off)",
+                humantime::format_duration(file.server.spin_before_sleep),
+                humantime::format_duration(MAX_SPIN_BEFORE_SLEEP)
+            ),
         );
     }
     let s = &file.session;
@@ -541,6 +554,7 @@ pub(super) fn validate(
                 .server
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            spin_before_sleep: file.server.spin_before_sleep,
         },
         backend: BackendPolicy {
             address: file.backend.address,

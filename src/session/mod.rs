@@ -11,6 +11,7 @@ pub mod park;
 pub mod quick_write;
 pub mod refuse;
 pub mod relay;
+pub mod spin;
 pub mod stop;
 pub mod tls;
 pub mod wait;

@@ -5,8 +5,8 @@
 //! event; a worker that is still polling when the event lands handles it without that.
 //!
 //! Spinning is paid for by what it catches: every empty poll spends a credit, every poll that
-//! finds an event earns [`CATCH_EARNS`], and a worker without credit sleeps at once, earning one
-//! credit back per sleep so that it tries again now and then. A poll that finds a busy turn ends
+//! finds an event earns [`CATCH_EARNS`], and a worker without credit sleeps at once, trying again
+//! with one credit after [`SLEEPS_PER_RETRY`] sleeps. A poll that finds a busy turn ends
 //! the spin: under heavy load the worker yields and sleeps instead (see [`super::park`]), which
 //! batches events better than polling for them.
 
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 /// Credits an event caught by a poll earns: spinning goes on while at least one poll in
 /// `CATCH_EARNS + 1` finds an event. Measured on two cores (docs/benchmarks.md): behind the
 /// harness at 50 sessions a spin's polls find events about two times in five, and the rate rises
-/// by a tenth at less CPU per message; behind smtp-source's persistent sessions about one in five,
-/// where spinning on 4 cost 2-4% more CPU and spinning on 3 changes nothing.
+/// by a tenth at less CPU per message; behind smtp-source's persistent sessions one in five to
+/// ten, where 4 (with a retry at every sleep) cost 2-4% more CPU and 3 changes nothing measurable.
 pub const CATCH_EARNS: i32 = 3;
 
 /// The most credit a worker holds: a spin on credit ends after at most this many empty polls.
@@ -61,7 +61,8 @@ impl Spin {
         }
     }
 
-    /// Whether to spin before this sleep. A worker out of credit earns one back and sleeps.
+    /// Whether to spin before this sleep. A worker out of credit sleeps, and after
+    /// [`SLEEPS_PER_RETRY`] such sleeps tries one poll again.
     pub fn start(&mut self, waits: u32, now: Instant) -> bool {
         if self.window.is_zero() {
             return false;

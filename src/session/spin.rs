@@ -167,6 +167,7 @@ pub async fn spinner(window: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::park::{self, BeforeSleep};
     use super::*;
 
     const WINDOW: Duration = Duration::from_micros(20);
@@ -258,13 +259,13 @@ mod tests {
     /// A worker's runtime as `main.rs` builds it, with its hook's outcomes recorded.
     fn worker_runtime(
         window: Duration,
-        seen: std::sync::Arc<std::sync::Mutex<Vec<super::super::park::BeforeSleep>>>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<BeforeSleep>>>,
     ) -> tokio::runtime::Runtime {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .on_thread_park(move || {
-                let outcome = super::super::park::before_sleep();
+                let outcome = park::before_sleep();
                 seen.lock().unwrap().push(outcome);
             })
             .build()
@@ -284,7 +285,7 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut byte = [0u8; 1];
             while socket.read_exact(&mut byte).await.is_ok() {
-                super::super::park::count_wait();
+                park::count_wait();
                 socket.write_all(&byte).await.unwrap();
             }
         });
@@ -294,7 +295,7 @@ mod tests {
             client.write_all(&[i as u8]).await.unwrap();
             let mut byte = [0u8; 1];
             client.read_exact(&mut byte).await.unwrap();
-            super::super::park::count_wait();
+            park::count_wait();
             answered += usize::from(byte[0] == i as u8);
         }
         drop(client);
@@ -304,7 +305,6 @@ mod tests {
 
     #[test]
     fn a_worker_spins_after_a_light_turn_sleeps_when_the_spin_ends_and_loses_no_event() {
-        use super::super::park::BeforeSleep;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let runtime = worker_runtime(WINDOW, seen.clone());
         assert_eq!(runtime.block_on(ping_pong(300)), 300);
@@ -322,7 +322,6 @@ mod tests {
 
     #[test]
     fn a_worker_without_a_spinner_never_spins() {
-        use super::super::park::BeforeSleep;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let runtime = worker_runtime(Duration::ZERO, seen.clone());
         assert_eq!(runtime.block_on(ping_pong(100)), 100);

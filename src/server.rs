@@ -242,8 +242,12 @@ impl Server {
         let stop = StopSignal::following(shutdown.clone());
         let backend = self.live.policy().backend.address;
         for listener in self.listeners {
-            let local = listener.local_addr().ok();
-            tracing::info!(target: "mxgate::startup", listen = ?local, backend = %backend, "listening");
+            // One line per listener and worker: each worker has its own SO_REUSEPORT sockets.
+            let local = listener
+                .local_addr()
+                .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string());
+            let worker = std::thread::current().name().unwrap_or("main").to_owned();
+            tracing::info!(target: "mxgate::startup", listen = %local, backend = %backend, worker = %worker, "listening");
             tracker.spawn(accept_loop(
                 listener,
                 self.live.clone(),

@@ -62,8 +62,13 @@ enum Command {
     },
     /// Validate and lint a policy file: exit 0 if valid (warnings printed), 1 with every
     /// `file:line:col: message` if not.
+    #[command(group(clap::ArgGroup::new("policy_file").required(true).args(["file", "policy"])))]
     Check {
-        file: PathBuf,
+        /// The policy file to check.
+        file: Option<PathBuf>,
+        /// The same, spelt as `run` and `explain` take it.
+        #[arg(long, value_name = "FILE", conflicts_with = "file")]
+        policy: Option<PathBuf>,
         /// Treat warnings as errors.
         #[arg(long)]
         strict: bool,
@@ -81,7 +86,18 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Command::Check { file, strict } => check(&file, strict),
+        Command::Check {
+            file,
+            policy,
+            strict,
+        } => match file.or(policy) {
+            Some(file) => check(&file, strict),
+            // clap already refuses this; kept as an error, not a panic.
+            None => {
+                eprintln!("mxgate check: name the policy file (FILE or --policy FILE)");
+                ExitCode::from(2)
+            }
+        },
         Command::Explain {
             policy,
             resolver,

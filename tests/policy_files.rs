@@ -234,6 +234,35 @@ fn check_command_exit_codes() {
     );
 }
 
+/// `check --policy FILE`, as `run` and `explain` spell it, checks the same file the same way; naming
+/// no file, or two, is a usage error (exit 2), not a check that passes.
+#[test]
+fn check_command_takes_the_policy_flag_too() {
+    let bin = env!("CARGO_BIN_EXE_mxgate");
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[backend]\naddress = \"not an address\"\n").unwrap();
+    let positional = Command::new(bin)
+        .args(["check", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let flagged = Command::new(bin)
+        .args(["check", "--policy", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(flagged.status.code(), Some(1));
+    assert_eq!(flagged.stderr, positional.stderr);
+
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.toml");
+    let neither = Command::new(bin).args(["check"]).output().unwrap();
+    assert_eq!(neither.status.code(), Some(2));
+    let both = Command::new(bin)
+        .args(["check", default, "--policy", default])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
+}
+
 #[test]
 fn every_syntax_error_is_listed() {
     let text = "[server]\nhostname = \"a\n[backend]\naddress = \"127.0.0.1:25\"\nx = = 1\n";

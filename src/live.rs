@@ -126,26 +126,19 @@ impl Live {
             warnings: policy.warnings.iter().map(|w| w.to_string()).collect(),
             ..ReloadReport::default()
         };
-        // Listening sockets, the admin listener and the worker threads exist once per process.
+        // Listening sockets, the admin listener and the worker threads (with their spin) exist once
+        // per process.
         let (was, new) = (&old.policy.server, &mut policy.server);
-        if was.listen != new.listen {
-            report.restart_needed.push("server.listen".into());
-            new.listen = was.listen.clone();
-        }
-        if was.admin != new.admin {
-            report.restart_needed.push("server.admin".into());
-            new.admin = was.admin;
-        }
-        if was.workers != new.workers {
-            report.restart_needed.push("server.workers".into());
-            new.workers = was.workers;
-        }
-        if was.spin_before_sleep != new.spin_before_sleep {
-            report
-                .restart_needed
-                .push("server.spin_before_sleep".into());
-            new.spin_before_sleep = was.spin_before_sleep;
-        }
+        let restart = &mut report.restart_needed;
+        keep_running("server.listen", &was.listen, &mut new.listen, restart);
+        keep_running("server.admin", &was.admin, &mut new.admin, restart);
+        keep_running("server.workers", &was.workers, &mut new.workers, restart);
+        keep_running(
+            "server.spin_before_sleep",
+            &was.spin_before_sleep,
+            &mut new.spin_before_sleep,
+            restart,
+        );
         let same_lists = old.policy.dns.lists == policy.dns.lists
             && old.policy.dns.resolver == policy.dns.resolver;
         let lists = match same_lists {
@@ -161,5 +154,19 @@ impl Live {
             lists,
         }));
         Ok(report)
+    }
+}
+
+/// A setting that takes effect only at a restart: a changed value is reported under `name` and the
+/// running value kept, so the installed policy says what the process really does.
+fn keep_running<T: PartialEq + Clone>(
+    name: &str,
+    running: &T,
+    new: &mut T,
+    restart_needed: &mut Vec<String>,
+) {
+    if running != new {
+        restart_needed.push(name.into());
+        *new = running.clone();
     }
 }

@@ -1,6 +1,6 @@
 //! Hot reload under load: sessions in flight keep the policy they started with and all complete,
 //! new connections get the new one, the pool's capacity changes without dropping anyone, and a
-//! policy that fails validation changes nothing.
+//! policy that fails validation changes nothing; settings fixed at start are reported and kept.
 
 mod common;
 
@@ -134,4 +134,50 @@ async fn sessions_in_flight_survive_reloads_and_a_bad_policy_changes_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(live.admission().slots().in_use(), 0, "a slot leaked");
+}
+
+/// Settings that exist once per process (listeners, admin, workers, the spin) are reported as
+/// needing a restart and keep their running values; the rest of the policy takes effect.
+#[tokio::test]
+async fn settings_fixed_at_start_are_reported_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    let backend: SocketAddr = "127.0.0.1:2525".parse().unwrap();
+    let base = policy(backend, 50, 100);
+    std::fs::write(&file, &base).unwrap();
+    let source = PolicySource {
+        path: Some(file.clone()),
+        ..PolicySource::default()
+    };
+    let live = Live::start(source.load().unwrap(), source).await.unwrap();
+    let running = live.policy().server.clone();
+
+    let unchanged = live.reload().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(unchanged.restart_needed.is_empty(), "{unchanged:?}");
+
+    let changed = base
+        .replace(
+            "[server]\n",
+            "[server]\nworkers = 7\nspin_before_sleep = \"40us\"\nadmin = \"127.0.0.1:0\"\n",
+        )
+        .replace("127.0.0.1:0\"]", "127.0.0.2:0\"]")
+        .replace("slots = 50", "slots = 51");
+    std::fs::write(&file, changed).unwrap();
+    let report = live.reload().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        report.restart_needed,
+        [
+            "server.listen",
+            "server.admin",
+            "server.workers",
+            "server.spin_before_sleep"
+        ],
+        "{report:?}"
+    );
+    let now = live.policy();
+    assert_eq!(now.server.listen, running.listen);
+    assert_eq!(now.server.admin, running.admin);
+    assert_eq!(now.server.workers, running.workers);
+    assert_eq!(now.server.spin_before_sleep, running.spin_before_sleep);
+    assert_eq!(now.admission.slots, 51, "the rest took effect");
 }

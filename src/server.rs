@@ -241,12 +241,12 @@ impl Server {
         tokio::spawn(pace_timer_driver(shutdown.clone()));
         let stop = StopSignal::following(shutdown.clone());
         let backend = self.live.policy().backend.address;
+        // One line per listener and worker: each worker has its own SO_REUSEPORT sockets.
+        let worker = std::thread::current().name().unwrap_or("main").to_owned();
         for listener in self.listeners {
-            // One line per listener and worker: each worker has its own SO_REUSEPORT sockets.
             let local = listener
                 .local_addr()
                 .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string());
-            let worker = std::thread::current().name().unwrap_or("main").to_owned();
             tracing::info!(target: "mxgate::startup", listen = %local, backend = %backend, worker = %worker, "listening");
             tracker.spawn(accept_loop(
                 listener,

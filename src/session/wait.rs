@@ -249,10 +249,8 @@ mod tests {
 
         /// As the driver does: the timer moved, so polled again at the next wait.
         fn reset_timer(&mut self, after: std::time::Duration) {
-            self.timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + after);
-            self.armed.timer.disarm();
+            let at = tokio::time::Instant::now() + after;
+            reset_timer(self.timer.as_mut(), &mut self.armed.timer, at);
         }
     }
 

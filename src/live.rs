@@ -22,7 +22,7 @@ pub struct Generation {
 pub struct ReloadReport {
     /// The new policy's lint warnings (`file:line:col: warning: ...`).
     pub warnings: Vec<String>,
-    /// Settings that changed but only take effect at a restart (listeners, admin, workers).
+    /// Settings that changed but only take effect at a restart (listeners, admin, workers, the spin).
     pub restart_needed: Vec<String>,
     /// Whether the DNS lists changed (then they were self-tested before the swap).
     pub dns_lists_rebuilt: bool,

@@ -154,10 +154,30 @@ async fn admin_api_metrics_health_explain_and_reload() {
         Some(&2.0)
     );
 
-    // Without its backend, mxgate is not healthy.
+    // Without its backend, mxgate is not healthy, and a session it admits ends as
+    // backend_unavailable (not backend_closed: nothing was relayed).
     sink.stop().await;
     let (status, body) = request(admin, "GET", "/healthz", None).await;
     assert_eq!(status, 503, "{body}");
+    let mut client = SmtpClient::connect(listen, Some("127.0.0.62".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 421);
+    let samples = metrics::wait_for_sample(
+        admin,
+        Some(TOKEN),
+        "mxgate_sessions_ended_total{class=\"neutral\",end=\"backend_unavailable\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        samples.get("mxgate_backend_connect_failures_total"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        samples.get("mxgate_sessions_ended_total{class=\"neutral\",end=\"backend_closed\"}"),
+        None
+    );
     gate.stop().await.unwrap();
 }
 

@@ -112,7 +112,7 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
             let reply = format!("{finish}421 4.3.2 {host} Service temporarily unavailable\r\n");
             refuse::defer(client, &reply, policy.session.idle_timeout).await;
             return SessionReport {
-                end: EndReason::BackendClosed,
+                end: EndReason::BackendUnavailable,
                 deliveries: 0,
                 recipients: 0,
                 recipients_over_cap: 0,

@@ -64,6 +64,9 @@ pub enum EndReason {
     ClientClosed,
     ClientTimeout,
     SessionTimeout,
+    /// No backend connection to relay to (refused, timed out, out of descriptors, XCLIENT refused):
+    /// the client got `421 4.3.2` and nothing was relayed.
+    BackendUnavailable,
     BackendClosed,
     BackendTimeout,
     BackendProtocolError,
@@ -81,6 +84,7 @@ impl EndReason {
             EndReason::ClientClosed => "client_closed",
             EndReason::ClientTimeout => "client_timeout",
             EndReason::SessionTimeout => "session_timeout",
+            EndReason::BackendUnavailable => "backend_unavailable",
             EndReason::BackendClosed => "backend_closed",
             EndReason::BackendTimeout => "backend_timeout",
             EndReason::BackendProtocolError => "backend_protocol_error",

@@ -42,7 +42,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (SLOTS_CAPACITY, "gauge", "Size of the slot pool (admission.slots)."),
     (STRESS, "gauge", "1 while occupancy is past admission.stress_threshold."),
     (STRESS_SESSIONS, "counter", "Sessions admitted under the stress limits."),
-    (SESSIONS_ENDED, "counter", "Relayed sessions that ended, by class and reason (quit, message_limit, client_timeout, ...)."),
+    (SESSIONS_ENDED, "counter", "Admitted sessions that ended, by class and reason (quit, message_limit, backend_unavailable, ...)."),
     (SESSIONS_CUT_OFF, "counter", "Sessions cut off after messages_per_session deliveries (421 at the next MAIL), by class."),
     (SESSION_SECONDS, "histogram", "Duration of relayed sessions."),
     (DELIVERIES, "counter", "Messages the backend accepted (2xx to the end of data), by class."),

@@ -112,13 +112,14 @@ async fn main() -> anyhow::Result<()> {
             let sink = Sink::start(config).await?;
             eprintln!("sink listening on {}", sink.addr());
             stop_signal().await?;
-            for s in sink.sessions() {
+            // The report comes after every session has ended: printed before, it would miss the
+            // messages accepted while it was being written.
+            for s in sink.stop().await {
                 println!(
                     "session {} from {} ({}): {} messages",
                     s.id, s.client, s.announced_by, s.messages
                 );
             }
-            sink.stop().await;
         }
     }
     Ok(())

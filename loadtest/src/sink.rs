@@ -207,11 +207,16 @@ impl Sink {
             && check(&mut done)
     }
 
-    /// Stops accepting, closes sessions and waits for their tasks.
-    pub async fn stop(self) {
+    /// Stops accepting, closes sessions and waits for their tasks. Returns the final records, in
+    /// the order the sessions were opened: taken after the last session ended, so no message a
+    /// client was told was accepted is missing from them.
+    pub async fn stop(self) -> Vec<SessionRecord> {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        let mut sessions = self.sessions();
+        sessions.sort_by_key(|s| s.id);
+        sessions
     }
 }
 

@@ -70,3 +70,27 @@ async fn without_message_records_the_sessions_still_count() {
     assert!(sink.messages().is_empty(), "no message records kept");
     sink.stop().await;
 }
+
+/// `stop` reports each session as it ended, a session still open included, with every message it
+/// had its 250 for.
+#[tokio::test]
+async fn stop_reports_sessions_after_they_end() {
+    let sink = Sink::start(SinkConfig {
+        keep_messages: false,
+        ..SinkConfig::loopback()
+    })
+    .await
+    .unwrap();
+    deliver_interleaved(&sink, &[2]).await;
+    let mut open = SmtpClient::connect(sink.addr(), None).await.unwrap();
+    assert_eq!(open.read_reply().await.unwrap().code, 220);
+    assert_eq!(open.command("EHLO t").await.unwrap().code, 250);
+    let reply = open.send_message("a@b", &["r@s"], b"x\r\n").await.unwrap();
+    assert_eq!(reply.code, 250, "{reply}");
+    let before = sessions_in_order(&sink);
+    assert!(!before[1].ended, "the second session is still open");
+    let report = sink.stop().await;
+    let ended: Vec<(u32, bool)> = report.iter().map(|s| (s.messages, s.ended)).collect();
+    assert_eq!(ended, vec![(2, true), (1, true)]);
+    assert!(open.closed_by_server().await);
+}

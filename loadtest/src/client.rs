@@ -67,6 +67,15 @@ impl SmtpClient<TcpStream> {
         if reply.code != 220 {
             return Err(io::Error::other(format!("STARTTLS refused: {reply}")));
         }
+        self.tls_handshake(config, server_name).await
+    }
+
+    /// The TLS handshake for `server_name`, once the server has said 220 to STARTTLS.
+    pub async fn tls_handshake(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<SmtpClient<tokio_rustls::client::TlsStream<TcpStream>>> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = tokio_rustls::TlsConnector::from(config)

@@ -1,5 +1,7 @@
 //! What goes wrong around mxgate during the soak: the backend stops and comes back on the same
 //! address, the policy is reloaded with other limits, the DNS lists stop answering for a while.
+//! The backend also refuses recipients named `refused...` and drops the connection without a
+//! word at a recipient named `crash...`.
 //! Each runs until the senders are done; the pauses between events are random, as outages are.
 
 use mxgate_loadtest::dnsbl::{Behaviour, DnsblServer};
@@ -25,6 +27,8 @@ pub fn sink_config(addr: SocketAddr) -> SinkConfig {
         expect_proxy: true,
         keep_bodies: false,
         keep_messages: false,
+        reject_rcpt_prefix: Some("refused".into()),
+        crash_rcpt_prefix: Some("crash".into()),
         ..SinkConfig::loopback()
     }
 }

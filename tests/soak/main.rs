@@ -1,7 +1,8 @@
 //! A soak over real sockets: the `mxgate` binary in front of a sink, with DNS lists, STARTTLS and
 //! small limits, while many senders from their own 127.x addresses deliver, pipeline, send junk,
-//! go silent, garble TLS, half-close and reset, and meanwhile the backend restarts, the policy is
-//! reloaded with other limits and the DNS lists stall. Afterwards:
+//! go silent, garble TLS, half-close and reset, and meanwhile the backend restarts (and refuses
+//! some recipients, and crashes on others), the policy is reloaded with other limits and the DNS
+//! lists stall. Afterwards:
 //! - every message a client was told was accepted is at the sink, under that client's address;
 //! - no client waited for a reply that never came, or for a close that never came;
 //! - every slot is free again and mxgate holds no more file descriptors than before;

@@ -80,6 +80,7 @@ impl Sender {
                 return outcome;
             }
         };
+        let port = client.get_ref().local_addr().map_or(0, |a| a.port());
         let result = match self.kind {
             Kind::Deliver | Kind::DeliverOverTls => self.deliver(client, &mut outcome).await,
             Kind::Junk => self.junk(client).await,
@@ -98,7 +99,8 @@ impl Sender {
                 if e.kind() == io::ErrorKind::TimedOut
                     || delivers && !e.to_string().contains(HANDSHAKE) =>
             {
-                outcome.violation = Some(format!("{:?} from {}: {e}", self.kind, self.source));
+                let from = SocketAddr::new(self.source, port);
+                outcome.violation = Some(format!("{:?} from {from}: {e}", self.kind));
                 outcome.end = format!("lost: {e}");
             }
             Err(e) => outcome.end = format!("lost: {e}"),
@@ -146,7 +148,13 @@ impl Sender {
             let recipients = self.rng.random_range(1..=4);
             let mut group = String::from("MAIL FROM:<s@soak.test>\r\n");
             for r in 0..recipients {
-                group.push_str(&format!("RCPT TO:<r{r}@backend.test>\r\n"));
+                // Now and then one the backend refuses (550), or one it crashes on.
+                let local = match self.rng.random_range(0..100) {
+                    0..10 => "refused",
+                    10..12 => "crash",
+                    _ => "r",
+                };
+                group.push_str(&format!("RCPT TO:<{local}{r}@backend.test>\r\n"));
             }
             group.push_str("DATA\r\n");
             let written = self.write_split(&mut client, group.as_bytes()).await;
@@ -168,7 +176,10 @@ impl Sender {
                 outcome.violation = Some(format!("354 with no recipient accepted: {codes:?}"));
             }
             if codes.last() != Some(&354) {
-                client.command("RSET").await.map_err(at("RSET"))?;
+                let rset = client.command("RSET").await.map_err(at("RSET"))?;
+                if rset.code == 421 {
+                    return Ok("421 to RSET".into());
+                }
                 continue;
             }
             let body = dot_stuff(&self.body());

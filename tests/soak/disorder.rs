@@ -76,7 +76,7 @@ pub async fn reload_policy(
         reloads += 1;
     };
     while pause(&mut rng, 300..1_500, &done).await {
-        let slots = [5, 20, 80, 200][rng.random_range(0..4)];
+        let slots = [5, 50, 200, 500][rng.random_range(0..4)];
         write_and_signal(policy(slots, rng.random_range(1..=4)));
     }
     write_and_signal(policy(80, 3));

@@ -115,7 +115,7 @@ impl Sender {
     ) -> io::Result<String> {
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
-            return Ok(format!("refused {}", greeting.code));
+            return Ok(format!("refused: {}", greeting.text.trim_end()));
         }
         let ehlo = client.command("EHLO soak.test").await.map_err(at("EHLO"))?;
         if ehlo.code != 250 {
@@ -275,7 +275,7 @@ impl Sender {
     async fn tls_junk(&mut self, mut client: SmtpClient<TcpStream>) -> io::Result<String> {
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
-            return Ok(format!("refused {}", greeting.code));
+            return Ok(format!("refused: {}", greeting.text.trim_end()));
         }
         if client.command("EHLO soak.test").await?.code != 250
             || client.command("STARTTLS").await?.code != 220

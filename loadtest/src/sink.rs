@@ -40,6 +40,10 @@ pub struct SinkConfig {
     /// A RCPT whose local part starts with this makes the sink drop the connection without a
     /// word, as a crashing MTA would.
     pub crash_rcpt_prefix: Option<String>,
+    /// A RCPT whose local part starts with this makes the sink hang: it answers nothing more (the
+    /// replies before it go out), reading and dropping what comes until the connection closes or
+    /// its idle timeout passes.
+    pub stall_rcpt_prefix: Option<String>,
     /// Longest wait for a command before 421.
     pub idle_timeout: Duration,
 }
@@ -57,6 +61,7 @@ impl SinkConfig {
             max_size: 64 * 1024 * 1024,
             reject_rcpt_prefix: None,
             crash_rcpt_prefix: None,
+            stall_rcpt_prefix: None,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -272,6 +277,8 @@ struct Session {
 
 enum After {
     Continue,
+    /// Answer nothing more: a hung MTA.
+    Stall,
     StartTls,
     Quit,
     /// Drop the connection now, replying nothing.
@@ -330,7 +337,7 @@ async fn serve(
             converse(&mut tls_stream, &mut buf, &mut session, shared).await?;
             let _ = tls_stream.shutdown().await;
         }
-        After::Quit | After::Continue | After::Crash => {}
+        After::Quit | After::Continue | After::Crash | After::Stall => {}
     }
     Ok(())
 }
@@ -395,6 +402,15 @@ async fn read_proxy_header(
     }
 }
 
+/// Whether the RCPT argument `args` names a recipient whose local part starts with `prefix`.
+fn recipient_starts(args: &str, prefix: &Option<String>) -> bool {
+    prefix.as_deref().is_some_and(|p| {
+        args.trim_start_matches("TO:")
+            .trim_start_matches('<')
+            .starts_with(p)
+    })
+}
+
 /// Runs commands until QUIT, STARTTLS or the connection ends. Replies to a pipelined group go out
 /// in one write.
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -417,6 +433,15 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             if matches!(after, After::Crash) {
+                return Ok(After::Quit);
+            }
+            if matches!(after, After::Stall) {
+                // What it answered before it hung has gone out.
+                stream.write_all(&out).await?;
+                let idle = shared.config.idle_timeout;
+                while let Ok(Ok(1..)) = tokio::time::timeout(idle, stream.read_buf(buf)).await {
+                    buf.clear();
+                }
                 return Ok(After::Quit);
             }
             if !matches!(after, After::Continue) {
@@ -499,27 +524,13 @@ fn command(line: &[u8], session: &mut Session, shared: &Shared, out: &mut Vec<u8
             "250 2.1.0 Ok\r\n".into()
         }
         "RCPT" if session.mail_from.is_none() => "503 5.5.1 Error: need MAIL command\r\n".into(),
-        "RCPT"
-            if shared.config.crash_rcpt_prefix.as_deref().is_some_and(|p| {
-                args.trim_start_matches("TO:")
-                    .trim_start_matches('<')
-                    .starts_with(p)
-            }) =>
-        {
+        "RCPT" if recipient_starts(args, &shared.config.crash_rcpt_prefix) => {
             out.clear();
             return After::Crash;
         }
+        "RCPT" if recipient_starts(args, &shared.config.stall_rcpt_prefix) => return After::Stall,
         "RCPT" => {
-            let refused = shared
-                .config
-                .reject_rcpt_prefix
-                .as_deref()
-                .is_some_and(|p| {
-                    args.trim_start_matches("TO:")
-                        .trim_start_matches('<')
-                        .starts_with(p)
-                });
-            if refused {
+            if recipient_starts(args, &shared.config.reject_rcpt_prefix) {
                 "550 5.1.1 Error: recipient refused\r\n".into()
             } else {
                 session.rcpts.push(args.to_owned());

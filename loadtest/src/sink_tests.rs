@@ -94,3 +94,27 @@ async fn stop_reports_sessions_after_they_end() {
     assert_eq!(ended, vec![(2, true), (1, true)]);
     assert!(open.closed_by_server().await);
 }
+
+/// A recipient named with the stall prefix hangs the session: the replies before it go out, then
+/// nothing more, until the sink's idle timeout closes the connection.
+#[tokio::test]
+async fn a_stalling_recipient_hangs_the_session() {
+    let sink = Sink::start(SinkConfig {
+        stall_rcpt_prefix: Some("stall".into()),
+        idle_timeout: std::time::Duration::from_millis(200),
+        ..SinkConfig::loopback()
+    })
+    .await
+    .unwrap();
+    let mut client = SmtpClient::connect(sink.addr(), None).await.unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 220);
+    assert_eq!(client.command("EHLO t").await.unwrap().code, 250);
+    client
+        .write_raw(b"MAIL FROM:<a@b>\r\nRCPT TO:<stall@s>\r\nRCPT TO:<r@s>\r\n")
+        .await
+        .unwrap();
+    assert_eq!(client.read_reply().await.unwrap().code, 250);
+    let after = client.read_reply().await.unwrap_err();
+    assert_eq!(after.kind(), std::io::ErrorKind::UnexpectedEof, "{after}");
+    sink.stop().await;
+}

@@ -1,7 +1,7 @@
 //! What goes wrong around mxgate during the soak: the backend stops and comes back on the same
 //! address, the policy is reloaded with other limits, the DNS lists stop answering for a while.
-//! The backend also refuses recipients named `refused...` and drops the connection without a
-//! word at a recipient named `crash...`.
+//! The backend also refuses recipients named `refused...`, drops the connection without a word
+//! at a recipient named `crash...` and hangs at one named `stall...`.
 //! Each runs until the senders are done; the pauses between events are random, as outages are.
 
 use mxgate_loadtest::dnsbl::{Behaviour, DnsblServer};
@@ -29,6 +29,7 @@ pub fn sink_config(addr: SocketAddr) -> SinkConfig {
         keep_messages: false,
         reject_rcpt_prefix: Some("refused".into()),
         crash_rcpt_prefix: Some("crash".into()),
+        stall_rcpt_prefix: Some("stall".into()),
         ..SinkConfig::loopback()
     }
 }

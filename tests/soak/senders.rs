@@ -148,10 +148,11 @@ impl Sender {
             let recipients = self.rng.random_range(1..=4);
             let mut group = String::from("MAIL FROM:<s@soak.test>\r\n");
             for r in 0..recipients {
-                // Now and then one the backend refuses (550), or one it crashes on.
-                let local = match self.rng.random_range(0..100) {
-                    0..10 => "refused",
-                    10..12 => "crash",
+                // Now and then one the backend refuses (550), crashes on or hangs at.
+                let local = match self.rng.random_range(0..200) {
+                    0..20 => "refused",
+                    20..24 => "crash",
+                    24..26 => "stall",
                     _ => "r",
                 };
                 group.push_str(&format!("RCPT TO:<{local}{r}@backend.test>\r\n"));

@@ -20,12 +20,13 @@ use common::metrics;
 use mxgate_loadtest::client::SmtpClient;
 use mxgate_loadtest::demo::{free_addr, MxgateProcess};
 use mxgate_loadtest::dnsbl::{demo_zones, DnsblServer};
+use mxgate_loadtest::sink::SessionRecord;
 use mxgate_loadtest::sink::Sink;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use senders::{Kind, Outcome, Sender};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -187,85 +188,144 @@ async fn settled<T, F: std::future::Future<Output = T>>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_keeps_every_promise() {
-    let seed = env_number("SOAK_SEED", 1);
-    let senders = env_number("SOAK_SENDERS", 6_000) as usize;
-    println!("soak: seed {seed}, {senders} senders, {AT_ONCE} at once");
-    std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
+/// mxgate in front of a sink, with its DNS lists, certificate and policy file.
+struct Rig {
+    _dir: tempfile::TempDir,
+    tls: Arc<rustls::ClientConfig>,
+    dns: Arc<DnsblServer>,
+    /// Taken by a test that restarts or stops it.
+    sink: Option<Sink>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    policy_file: PathBuf,
+    policy_for: Arc<dyn Fn(usize, u32) -> String + Send + Sync>,
+    gate: MxgateProcess,
+    panics: Arc<AtomicUsize>,
+    log_watch: tokio::task::JoinHandle<()>,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, tls) = common::test_certificate(dir.path(), "mx.test");
-    let dns = DnsblServer::start(demo_zones()).await.unwrap();
-    let sink = Sink::start(disorder::sink_config(free_addr().unwrap()))
-        .await
-        .unwrap();
-    let backend = sink.addr();
-    let dns_addr = dns.addr();
-    let policy_for = move |slots, messages| policy(dns_addr, &cert, &key, slots, messages);
-    let policy_file = dir.path().join("policy.toml");
-    std::fs::write(&policy_file, policy_for(80, 3)).unwrap();
-    let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
-    let args = [
-        "--policy",
-        policy_file.to_str().unwrap(),
-        "--admin",
-        &admin.to_string(),
-    ];
-    let gate = MxgateProcess::start_quiet(listen, backend, &args)
-        .await
-        .unwrap();
-    let mut log = gate.log_lines();
-    let panics = Arc::new(AtomicUsize::new(0));
-    let counted = panics.clone();
-    let log_watch = tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match log.recv().await {
-                Ok(line) if line.contains("panicked") => {
-                    eprintln!("mxgate | {line}");
-                    counted.fetch_add(1, Ordering::Relaxed);
+impl Rig {
+    async fn start() -> Rig {
+        std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, tls) = common::test_certificate(dir.path(), "mx.test");
+        let dns = DnsblServer::start(demo_zones()).await.unwrap();
+        let sink = Sink::start(disorder::sink_config(free_addr().unwrap()))
+            .await
+            .unwrap();
+        let dns_addr = dns.addr();
+        let policy_for =
+            Arc::new(move |slots, messages| policy(dns_addr, &cert, &key, slots, messages));
+        let policy_file = dir.path().join("policy.toml");
+        std::fs::write(&policy_file, policy_for(80, 3)).unwrap();
+        let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
+        let args = [
+            "--policy",
+            policy_file.to_str().unwrap(),
+            "--admin",
+            &admin.to_string(),
+        ];
+        let gate = MxgateProcess::start_quiet(listen, sink.addr(), &args)
+            .await
+            .unwrap();
+        let mut log = gate.log_lines();
+        let panics = Arc::new(AtomicUsize::new(0));
+        let counted = panics.clone();
+        let log_watch = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match log.recv().await {
+                    Ok(line) if line.contains("panicked") => {
+                        eprintln!("mxgate | {line}");
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
                 }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
             }
+        });
+        Rig {
+            _dir: dir,
+            tls,
+            dns: Arc::new(dns),
+            sink: Some(sink),
+            listen,
+            admin,
+            policy_file,
+            policy_for,
+            gate,
+            panics,
+            log_watch,
         }
-    });
+    }
 
-    // A first session opens what mxgate keeps open (its DNS sockets among them): the baseline.
-    let mut first = greeted(listen, "127.0.2.1").await;
-    common::deliver(&mut first).await;
-    assert_eq!(first.command("QUIT").await.unwrap().code, 221);
-    assert!(first.closed_by_server().await);
-    let descriptors_before = open_descriptors(gate.pid());
+    /// SIGTERM: mxgate must exit with status 0, without having panicked.
+    async fn stop(self, seed: u64) {
+        self.gate
+            .stop()
+            .await
+            .expect("mxgate stops cleanly on SIGTERM");
+        self.log_watch.await.unwrap();
+        let panics = self.panics.load(Ordering::Relaxed);
+        assert_eq!(panics, 0, "seed {seed}: mxgate panicked");
+        if let Some(sink) = self.sink {
+            sink.stop().await;
+        }
+    }
 
-    let done = CancellationToken::new();
-    let backend_restarts =
-        tokio::spawn(disorder::restart_backend(sink, rng(seed, 1), done.clone()));
-    let reloads = tokio::spawn(disorder::reload_policy(
-        policy_file.clone(),
-        policy_for.clone(),
-        gate.pid(),
-        rng(seed, 2),
-        done.clone(),
-    ));
-    let dns = Arc::new(dns);
-    let dns_stalls = tokio::spawn({
-        let (dns, rng, done) = (dns.clone(), rng(seed, 3), done.clone());
-        async move { disorder::stall_dns(&dns, rng, done).await }
-    });
+    /// One message from 127.0.2.1, delivered and counted in `tally`.
+    async fn deliver_one(&self, tally: &mut Tally) {
+        let mut client = greeted(self.listen, "127.0.2.1").await;
+        common::deliver(&mut client).await;
+        assert_eq!(client.command("QUIT").await.unwrap().code, 221);
+        assert!(client.closed_by_server().await);
+        *tally
+            .told_accepted
+            .entry(client_ip("127.0.2.1"))
+            .or_default() += 1;
+    }
+}
 
+fn client_ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// What the senders were told, and what should never have happened to them.
+#[derive(Default)]
+struct Tally {
+    told_accepted: HashMap<IpAddr, u32>,
+    ends: BTreeMap<String, usize>,
+    violations: Vec<String>,
+}
+
+/// Runs `count` senders, `AT_ONCE` at a time, until all have ended. `halfway` runs once half of
+/// them have started. A sender that may find mxgate gone before it greets is told so.
+async fn run_senders(
+    rig: &Rig,
+    seed: u64,
+    count: usize,
+    tally: &mut Tally,
+    halfway: impl FnOnce(),
+    greeting_may_fail: bool,
+) {
     let started = std::time::Instant::now();
     let at_once = Arc::new(Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     let mut choices = rng(seed, 4);
-    for i in 0..senders {
+    let mut halfway = Some(halfway);
+    for i in 0..count {
+        if i == count / 2 {
+            if let Some(halfway) = halfway.take() {
+                halfway();
+            }
+        }
         let sender = Sender {
             kind: Kind::pick(&mut choices),
             source: source(&mut choices),
-            gate: listen,
-            tls: tls.clone(),
+            gate: rig.listen,
+            tls: rig.tls.clone(),
             rng: rng(seed, 100 + i as u64),
+            greeting_may_fail,
         };
         let permit = at_once.clone().acquire_owned().await.unwrap();
         tasks.spawn(async move {
@@ -275,52 +335,88 @@ async fn soak_keeps_every_promise() {
             (source, outcome)
         });
     }
-    // The first session's message counts too: the sinks' records hold it.
-    let mut told_accepted: HashMap<IpAddr, u32> =
-        HashMap::from([("127.0.2.1".parse().unwrap(), 1)]);
-    let mut ends: BTreeMap<String, usize> = BTreeMap::new();
-    let mut violations = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (source, outcome): (IpAddr, Outcome) = joined.expect("a sender panicked");
-        *told_accepted.entry(source).or_default() += outcome.accepted;
-        *ends
-            .entry(format!("{:?}: {}", outcome.kind, outcome.end))
-            .or_default() += 1;
-        violations.extend(outcome.violation);
+        *tally.told_accepted.entry(source).or_default() += outcome.accepted;
+        let end = format!("{:?}: {}", outcome.kind, outcome.end);
+        *tally.ends.entry(end).or_default() += 1;
+        tally.violations.extend(outcome.violation);
     }
-    done.cancel();
-    let sink_records = backend_restarts.await.unwrap();
-    let reloads = reloads.await.unwrap();
-    dns_stalls.await.unwrap();
     println!(
-        "soak: senders done in {:.1}s; {reloads} reloads",
+        "soak: senders done in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    for (end, count) in &ends {
+    for (end, count) in &tally.ends {
         println!("  {count:6} {end}");
     }
-    assert!(violations.is_empty(), "seed {seed}: {violations:#?}");
+}
 
+/// No sender saw a broken promise, and every message one was told was accepted is in `records`,
+/// under its address.
+fn assert_kept(seed: u64, tally: &Tally, records: &[SessionRecord]) {
+    assert!(
+        tally.violations.is_empty(),
+        "seed {seed}: {:#?}",
+        tally.violations
+    );
     let mut at_sink: HashMap<IpAddr, u32> = HashMap::new();
-    for record in &sink_records {
+    for record in records {
         *at_sink.entry(record.client).or_default() += record.messages;
     }
-    let lost: Vec<_> = told_accepted
+    let lost: Vec<_> = tally
+        .told_accepted
         .iter()
         .filter(|(ip, told)| at_sink.get(ip).copied().unwrap_or(0) < **told)
         .collect();
-    let (told, delivered): (u32, u32) = (told_accepted.values().sum(), at_sink.values().sum());
+    let told: u32 = tally.told_accepted.values().sum();
+    let delivered: u32 = at_sink.values().sum();
     println!("soak: {told} messages told accepted, {delivered} at the sinks");
-    assert!(told > 0, "seed {seed}: nothing was delivered at all");
+    assert!(told > 1, "seed {seed}: nothing was delivered in the soak");
     assert!(
         lost.is_empty(),
         "seed {seed}: accepted, not at the sink: {lost:?}"
     );
+}
 
-    let used = slots_in_use_settled(admin).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_keeps_every_promise() {
+    let seed = env_number("SOAK_SEED", 1);
+    let senders = env_number("SOAK_SENDERS", 6_000) as usize;
+    println!("soak: seed {seed}, {senders} senders, {AT_ONCE} at once");
+    let mut rig = Rig::start().await;
+    let mut tally = Tally::default();
+    // A first session opens what mxgate keeps open (its DNS sockets among them): the baseline.
+    rig.deliver_one(&mut tally).await;
+    let descriptors_before = open_descriptors(rig.gate.pid());
+
+    let done = CancellationToken::new();
+    let sink = rig.sink.take().unwrap();
+    let backend = sink.addr();
+    let backend_restarts =
+        tokio::spawn(disorder::restart_backend(sink, rng(seed, 1), done.clone()));
+    let policy_for = rig.policy_for.clone();
+    let reloads = tokio::spawn(disorder::reload_policy(
+        rig.policy_file.clone(),
+        move |slots, messages| policy_for(slots, messages),
+        rig.gate.pid(),
+        rng(seed, 2),
+        done.clone(),
+    ));
+    let dns_stalls = tokio::spawn({
+        let (dns, rng, done) = (rig.dns.clone(), rng(seed, 3), done.clone());
+        async move { disorder::stall_dns(&dns, rng, done).await }
+    });
+    run_senders(&rig, seed, senders, &mut tally, || {}, false).await;
+    done.cancel();
+    let records = backend_restarts.await.unwrap();
+    println!("soak: {} reloads", reloads.await.unwrap());
+    dns_stalls.await.unwrap();
+    assert_kept(seed, &tally, &records);
+
+    let used = slots_in_use_settled(rig.admin).await;
     assert_eq!(used, 0.0, "seed {seed}: slots still in use");
     // Sessions have ended (their slots are free); their sockets close as their tasks finish.
-    let pid = gate.pid();
+    let pid = rig.gate.pid();
     let descriptors = settled(
         || async move { open_descriptors(pid) },
         |open| *open <= descriptors_before,
@@ -332,16 +428,36 @@ async fn soak_keeps_every_promise() {
     );
 
     // The backend of the last restart is gone; a new one on the same address takes mail again.
-    let sink = Sink::start(disorder::sink_config(backend)).await.unwrap();
-    let mut last = greeted(listen, "127.0.2.1").await;
-    common::deliver(&mut last).await;
-    assert_eq!(last.command("QUIT").await.unwrap().code, 221);
-    gate.stop().await.expect("mxgate stops cleanly on SIGTERM");
-    log_watch.await.unwrap();
-    assert_eq!(
-        panics.load(Ordering::Relaxed),
-        0,
-        "seed {seed}: mxgate panicked"
+    rig.sink = Some(Sink::start(disorder::sink_config(backend)).await.unwrap());
+    rig.deliver_one(&mut tally).await;
+    rig.stop(seed).await;
+}
+
+/// SIGTERM in the middle of the load: sessions in a transaction finish it, the others get
+/// `421 4.3.0`, nothing told accepted is lost, and mxgate exits cleanly. Senders that come after
+/// the listener closed are refused by the kernel, and those still in its queue may be reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_keeps_every_promise() {
+    let seed = env_number("SOAK_SEED", 1);
+    let senders = env_number("SOAK_SENDERS", 6_000) as usize / 2;
+    let mut rig = Rig::start().await;
+    let mut tally = Tally::default();
+    rig.deliver_one(&mut tally).await;
+    let pid = rig.gate.pid();
+    let terminate = move || {
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(term.success(), "SIGTERM to mxgate {pid}");
+    };
+    run_senders(&rig, seed, senders, &mut tally, terminate, true).await;
+    let sink = rig.sink.take().unwrap();
+    rig.stop(seed).await;
+    assert_kept(seed, &tally, &sink.stop().await);
+    let refused_after = tally.ends.keys().any(|end| end.contains("connect"));
+    assert!(
+        refused_after,
+        "seed {seed}: nobody came after the listener closed"
     );
-    sink.stop().await;
 }

@@ -7,7 +7,7 @@ mod common;
 use common::http::request;
 use common::metrics;
 use mxgate_loadtest::client::SmtpClient;
-use mxgate_loadtest::demo::{free_addr, MxgateProcess};
+use mxgate_loadtest::demo::free_addr;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -32,21 +32,12 @@ name = "neutral"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_metrics_health_explain_and_reload() {
-    std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
     let sink = common::proxy_sink().await;
     let dir = tempfile::tempdir().unwrap();
     let policy_file = dir.path().join("policy.toml");
     std::fs::write(&policy_file, policy(100)).unwrap();
     let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
-    let args = [
-        "--policy",
-        policy_file.to_str().unwrap(),
-        "--admin",
-        &admin.to_string(),
-    ];
-    let gate = MxgateProcess::start(listen, sink.addr(), &args)
-        .await
-        .unwrap();
+    let gate = common::mxgate_binary(&policy_file, listen, admin, sink.addr(), false).await;
 
     // The token: every endpoint but /healthz wants it.
     for (method, path) in [

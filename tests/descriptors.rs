@@ -63,7 +63,6 @@ async fn start_gate(
     admin: SocketAddr,
     backend: SocketAddr,
 ) -> (MxgateProcess, tempfile::TempDir) {
-    std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     let text = r#"
@@ -81,15 +80,7 @@ slots = 10
 name = "neutral"
 "#;
     std::fs::write(&policy, text).unwrap();
-    let args = [
-        "--policy",
-        policy.to_str().unwrap(),
-        "--admin",
-        &admin.to_string(),
-    ];
-    let gate = MxgateProcess::start(listen, backend, &args)
-        .await
-        .expect("start mxgate");
+    let gate = common::mxgate_binary(&policy, listen, admin, backend, false).await;
     (gate, dir)
 }
 

@@ -4,8 +4,10 @@
 use mxgate::policy::Policy;
 use mxgate::server::Server;
 use mxgate_loadtest::client::SmtpClient;
+use mxgate_loadtest::demo::MxgateProcess;
 use mxgate_loadtest::sink::{Sink, SinkConfig};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -169,4 +171,23 @@ where
         .await
         .expect("send a message");
     assert_eq!(reply.code, 250, "{reply}");
+}
+
+/// This package's `mxgate` binary on `listen`, in front of `backend`, with `policy_file` and its
+/// admin API on `admin`. `quiet`: only warnings logged, nothing echoed.
+pub async fn mxgate_binary(
+    policy_file: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backend: SocketAddr,
+    quiet: bool,
+) -> MxgateProcess {
+    std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
+    let policy = policy_file.to_str().expect("a UTF-8 path");
+    let args = ["--policy", policy, "--admin", &admin.to_string()];
+    let started = match quiet {
+        true => MxgateProcess::start_quiet(listen, backend, &args).await,
+        false => MxgateProcess::start(listen, backend, &args).await,
+    };
+    started.expect("start mxgate")
 }

@@ -152,7 +152,6 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start() -> Rig {
-        std::env::set_var("MXGATE_BIN", env!("CARGO_BIN_EXE_mxgate"));
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, tls) = common::test_certificate(dir.path(), "mx.test");
         let dns = DnsblServer::start(demo_zones()).await.unwrap();
@@ -165,15 +164,7 @@ impl Rig {
         let policy_file = dir.path().join("policy.toml");
         std::fs::write(&policy_file, policy_for(80, 3)).unwrap();
         let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
-        let args = [
-            "--policy",
-            policy_file.to_str().unwrap(),
-            "--admin",
-            &admin.to_string(),
-        ];
-        let gate = MxgateProcess::start_quiet(listen, sink.addr(), &args)
-            .await
-            .unwrap();
+        let gate = common::mxgate_binary(&policy_file, listen, admin, sink.addr(), true).await;
         let mut log = gate.log_lines();
         let panics = Arc::new(AtomicUsize::new(0));
         let counted = panics.clone();

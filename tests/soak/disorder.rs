@@ -21,10 +21,13 @@ async fn pause(rng: &mut TestRng, millis: std::ops::Range<u64>, done: &Cancellat
     }
 }
 
-pub fn sink_config(addr: SocketAddr) -> SinkConfig {
+/// The sink on `addr`, expecting the client's address as mxgate's `client_address` `mode`
+/// announces it (`v2` or `xclient`).
+pub fn sink_config(addr: SocketAddr, mode: &str) -> SinkConfig {
     SinkConfig {
         listen: addr,
-        expect_proxy: true,
+        expect_proxy: mode == "v2",
+        xclient: mode == "xclient",
         keep_bodies: false,
         keep_messages: false,
         reject_rcpt_prefix: Some("refused".into()),
@@ -38,6 +41,7 @@ pub fn sink_config(addr: SocketAddr) -> SinkConfig {
 /// records of every sink that ran, the last one stopped too.
 pub async fn restart_backend(
     mut sink: Sink,
+    mode: &'static str,
     mut rng: TestRng,
     done: CancellationToken,
 ) -> Vec<SessionRecord> {
@@ -46,7 +50,7 @@ pub async fn restart_backend(
     while pause(&mut rng, 1_000..3_000, &done).await {
         records.extend(sink.stop().await);
         pause(&mut rng, 200..1_000, &CancellationToken::new()).await;
-        sink = Sink::start(sink_config(addr))
+        sink = Sink::start(sink_config(addr, mode))
             .await
             .expect("the sink starts again on its address");
     }

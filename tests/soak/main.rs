@@ -124,7 +124,7 @@ async fn soak_keeps_every_promise() {
     let seed = env_number("SOAK_SEED", 1);
     let senders = env_number("SOAK_SENDERS", 6_000) as usize;
     println!("soak: seed {seed}, {senders} senders, {AT_ONCE} at once");
-    let mut rig = Rig::start().await;
+    let mut rig = Rig::start("v2").await;
     let mut tally = Tally::default();
     // A first session opens what mxgate keeps open (its DNS sockets among them): the baseline.
     rig.deliver_one(&mut tally).await;
@@ -133,8 +133,12 @@ async fn soak_keeps_every_promise() {
     let done = CancellationToken::new();
     let sink = rig.sink.take().unwrap();
     let backend = sink.addr();
-    let backend_restarts =
-        tokio::spawn(disorder::restart_backend(sink, rng(seed, 1), done.clone()));
+    let backend_restarts = tokio::spawn(disorder::restart_backend(
+        sink,
+        "v2",
+        rng(seed, 1),
+        done.clone(),
+    ));
     let policy_for = rig.policy_for.clone();
     let reloads = tokio::spawn(disorder::reload_policy(
         rig.policy_file.clone(),
@@ -169,7 +173,11 @@ async fn soak_keeps_every_promise() {
     );
 
     // The backend of the last restart is gone; a new one on the same address takes mail again.
-    rig.sink = Some(Sink::start(disorder::sink_config(backend)).await.unwrap());
+    rig.sink = Some(
+        Sink::start(disorder::sink_config(backend, "v2"))
+            .await
+            .unwrap(),
+    );
     rig.deliver_one(&mut tally).await;
     rig.stop(seed).await;
 }
@@ -177,11 +185,12 @@ async fn soak_keeps_every_promise() {
 /// SIGTERM in the middle of the load: sessions in a transaction finish it, the others get
 /// `421 4.3.0`, nothing told accepted is lost, and mxgate exits cleanly. Senders that come after
 /// the listener closed are refused by the kernel, and those still in its queue may be reset.
+/// mxgate announces the clients by XCLIENT here (PROXY v2 in the other test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_keeps_every_promise() {
     let seed = env_number("SOAK_SEED", 1);
     let senders = env_number("SOAK_SENDERS", 6_000) as usize / 2;
-    let mut rig = Rig::start().await;
+    let mut rig = Rig::start("xclient").await;
     let mut tally = Tally::default();
     rig.deliver_one(&mut tally).await;
     let pid = rig.gate.pid();

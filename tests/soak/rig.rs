@@ -14,7 +14,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Small limits and timeouts, so that every way a session can end comes up within seconds.
-fn policy(dns: SocketAddr, cert: &Path, key: &Path, slots: usize, messages: u32) -> String {
+fn policy(
+    mode: &str,
+    dns: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    slots: usize,
+    messages: u32,
+) -> String {
     format!(
         r#"
 [server]
@@ -22,7 +29,7 @@ hostname = "mx.test"
 
 [backend]
 address = "127.0.0.1:10025"   # replaced by --backend
-client_address = "v2"
+client_address = "{mode}"
 connect_timeout = "2s"
 reply_timeout = "1s"        # shorter than the backend restarts: a hung backend times out
 data_reply_timeout = "3s"
@@ -151,16 +158,17 @@ pub struct Rig {
 }
 
 impl Rig {
-    pub async fn start() -> Rig {
+    /// mxgate announcing each client to the sink as `mode` says (`v2` or `xclient`).
+    pub async fn start(mode: &'static str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, tls) = common::test_certificate(dir.path(), "mx.test");
         let dns = DnsblServer::start(demo_zones()).await.unwrap();
-        let sink = Sink::start(disorder::sink_config(free_addr().unwrap()))
+        let sink = Sink::start(disorder::sink_config(free_addr().unwrap(), mode))
             .await
             .unwrap();
         let dns_addr = dns.addr();
         let policy_for =
-            Arc::new(move |slots, messages| policy(dns_addr, &cert, &key, slots, messages));
+            Arc::new(move |slots, messages| policy(mode, dns_addr, &cert, &key, slots, messages));
         let policy_file = dir.path().join("policy.toml");
         std::fs::write(&policy_file, policy_for(80, 3)).unwrap();
         let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());

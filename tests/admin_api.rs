@@ -134,10 +134,7 @@ async fn admin_api_metrics_health_explain_and_reload() {
     assert_eq!(status, 200, "{body}");
     metrics::wait_for_sample(admin, Some(TOKEN), "mxgate_slots_capacity", 7.0).await;
     std::fs::write(&policy_file, policy(9)).unwrap();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &gate.pid().to_string()])
-        .status()
-        .unwrap();
+    let hup = mxgate_loadtest::child::kill(gate.pid(), "HUP").unwrap();
     assert!(hup.success());
     let samples = metrics::wait_for_sample(admin, Some(TOKEN), "mxgate_slots_capacity", 9.0).await;
     assert_eq!(

@@ -105,8 +105,9 @@ impl Drop for ChildProcess {
     }
 }
 
-/// Runs kill(1) for `pid`.
-fn kill(pid: u32, signal: &str) -> io::Result<ExitStatus> {
+/// Runs kill(1) for `pid` with `signal` ("HUP", "TERM", ...). For a process the caller knows is
+/// still running; [`ChildProcess::signal`] checks that for its own child.
+pub fn kill(pid: u32, signal: &str) -> io::Result<ExitStatus> {
     Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status()

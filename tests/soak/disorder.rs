@@ -73,10 +73,7 @@ pub async fn reload_policy(
         let next = file.with_extension("next");
         std::fs::write(&next, text).unwrap();
         std::fs::rename(&next, &file).unwrap();
-        let hup = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill(1) runs");
+        let hup = mxgate_loadtest::child::kill(pid, "HUP").expect("kill(1) runs");
         assert!(hup.success(), "SIGHUP to mxgate {pid}");
         reloads += 1;
     };

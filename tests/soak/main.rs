@@ -195,10 +195,7 @@ async fn shutdown_under_load_keeps_every_promise() {
     rig.deliver_one(&mut tally).await;
     let pid = rig.gate.pid();
     let terminate = move || {
-        let term = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill(1) runs");
+        let term = mxgate_loadtest::child::kill(pid, "TERM").expect("kill(1) runs");
         assert!(term.success(), "SIGTERM to mxgate {pid}");
     };
     run_senders(&rig, seed, senders, &mut tally, terminate, true).await;

@@ -135,7 +135,7 @@ async fn soak_keeps_every_promise() {
     let backend = sink.addr();
     let backend_restarts = tokio::spawn(disorder::restart_backend(
         sink,
-        "v2",
+        rig.mode,
         rng(seed, 1),
         done.clone(),
     ));
@@ -174,7 +174,7 @@ async fn soak_keeps_every_promise() {
 
     // The backend of the last restart is gone; a new one on the same address takes mail again.
     rig.sink = Some(
-        Sink::start(disorder::sink_config(backend, "v2"))
+        Sink::start(disorder::sink_config(backend, rig.mode))
             .await
             .unwrap(),
     );

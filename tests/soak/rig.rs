@@ -144,6 +144,8 @@ pub async fn settled<T, F: std::future::Future<Output = T>>(
 /// mxgate in front of a sink, with its DNS lists, certificate and policy file.
 pub struct Rig {
     _dir: tempfile::TempDir,
+    /// How mxgate announces each client to the sink: `v2` or `xclient`.
+    pub mode: &'static str,
     pub tls: Arc<rustls::ClientConfig>,
     pub dns: Arc<DnsblServer>,
     /// Taken by a test that restarts or stops it.
@@ -191,6 +193,7 @@ impl Rig {
         });
         Rig {
             _dir: dir,
+            mode,
             tls,
             dns: Arc::new(dns),
             sink: Some(sink),

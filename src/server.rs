@@ -241,13 +241,17 @@ impl Server {
         tokio::spawn(pace_timer_driver(shutdown.clone()));
         let stop = StopSignal::following(shutdown.clone());
         let backend = self.live.policy().backend.address;
+        let backend_tls = match &self.live.policy().backend.tls {
+            Some(tls) => tls.mode.as_str(),
+            None => "none",
+        };
         // One line per listener and worker: each worker has its own SO_REUSEPORT sockets.
         let worker = std::thread::current().name().unwrap_or("main").to_owned();
         for listener in self.listeners {
             let local = listener
                 .local_addr()
                 .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string());
-            tracing::info!(target: "mxgate::startup", listen = %local, backend = %backend, worker = %worker, "listening");
+            tracing::info!(target: "mxgate::startup", listen = %local, backend = %backend, backend_tls = %backend_tls, worker = %worker, "listening");
             tracker.spawn(accept_loop(
                 listener,
                 self.live.clone(),

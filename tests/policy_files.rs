@@ -63,6 +63,21 @@ fn broken_policies_point_at_the_mistake() {
             "test:9:19: invalid duration \"2 parsecs\"",
         ),
         (
+            "connect_timeout = \"2s\"",
+            "connect_timeout = \"2s\"\n[backend.tls]\nmode = \"ssl\"\nca = \"/x.pem\"",
+            "test:11:8: unknown variant `ssl`, expected `starttls` or `implicit`",
+        ),
+        (
+            "connect_timeout = \"2s\"",
+            "connect_timeout = \"2s\"\n[backend.tls]\nmode = \"starttls\"\nca = \"/nonexistent/ca.pem\"",
+            "test:12:6: cannot read backend.tls.ca /nonexistent/ca.pem",
+        ),
+        (
+            "connect_timeout = \"2s\"",
+            "connect_timeout = \"2s\"\n[backend.tls]\nmode = \"implicit\"",
+            "test:10:1: missing field `ca`",
+        ),
+        (
             "name = \"neutral\"",
             "name = \"neutral\"\n[[rule]]\ncidr = \"10.0.0.0/33\"\naction = \"allow\"",
             "test:17:8: invalid IP address syntax",

@@ -24,6 +24,9 @@ pub struct SinkConfig {
     pub hostname: String,
     /// Offer STARTTLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `tls`: TLS from the first byte after the PROXY header (implicit TLS, as Postfix's
+    /// `smtpd_tls_wrappermode`), not STARTTLS.
+    pub tls_on_connect: bool,
     /// Require a PROXY v1 or v2 header at the start of each connection (what mxgate sends in v1/v2 mode).
     pub expect_proxy: bool,
     /// Offer XCLIENT (Postfix's) and trust it from every peer.
@@ -54,6 +57,7 @@ impl SinkConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             hostname: "sink.test".into(),
             tls: None,
+            tls_on_connect: false,
             expect_proxy: false,
             xclient: false,
             keep_bodies: true,
@@ -319,6 +323,18 @@ async fn serve(
         rcpts: Vec::new(),
         queued: 0,
     };
+    if let (true, Some(tls)) = (shared.config.tls_on_connect, shared.config.tls.clone()) {
+        // What followed the PROXY header in the same read is the start of the handshake.
+        let early = std::io::Cursor::new(buf.split().freeze());
+        let (reader, writer) = stream.into_split();
+        let joined = tokio::io::join(AsyncReadExt::chain(early, reader), writer);
+        let mut tls_stream = tokio_rustls::TlsAcceptor::from(tls).accept(joined).await?;
+        mark_tls(&mut session, shared);
+        tls_stream.write_all(greeting(shared).as_bytes()).await?;
+        converse(&mut tls_stream, &mut buf, &mut session, shared).await?;
+        let _ = tls_stream.shutdown().await;
+        return Ok(());
+    }
     stream.write_all(greeting(shared).as_bytes()).await?;
     match converse(&mut stream, &mut buf, &mut session, shared).await? {
         After::StartTls => {
@@ -326,13 +342,7 @@ async fn serve(
                 return Ok(());
             };
             let mut tls_stream = tokio_rustls::TlsAcceptor::from(tls).accept(stream).await?;
-            session.tls = true;
-            session.greeted = false;
-            shared.update(|r| {
-                if let Some(s) = r.session(id) {
-                    s.tls = true;
-                }
-            });
+            mark_tls(&mut session, shared);
             buf.clear();
             converse(&mut tls_stream, &mut buf, &mut session, shared).await?;
             let _ = tls_stream.shutdown().await;
@@ -340,6 +350,17 @@ async fn serve(
         After::Quit | After::Continue | After::Crash | After::Stall => {}
     }
     Ok(())
+}
+
+/// The session is in TLS from here: it starts over with EHLO, and its record says so.
+fn mark_tls(session: &mut Session, shared: &Shared) {
+    session.tls = true;
+    session.greeted = false;
+    shared.update(|r| {
+        if let Some(s) = r.session(session.id) {
+            s.tls = true;
+        }
+    });
 }
 
 fn greeting(shared: &Shared) -> String {

@@ -1,15 +1,18 @@
-//! The connection to the backend MTA: connect within a deadline, then tell it who the client is
-//! (PROXY v1/v2 header, or XCLIENT after its greeting); at the end, let it close first.
+//! The connection to the backend MTA: connect within a deadline, tell it who the client is (PROXY
+//! v1/v2 header, or XCLIENT after its greeting), start TLS with it if the policy asks; at the end,
+//! let it close first.
 
+use crate::net::backend_stream::BackendStream;
+use crate::net::backend_tls::{self, BackendTls};
 use crate::net::descriptors;
-use crate::policy::{BackendPolicy, ClientAddressMode};
+use crate::policy::{BackendPolicy, BackendTlsMode, ClientAddressMode};
 use crate::session::codec::{reply_texts, scan_reply};
 use bytes::BytesMut;
 use ppp::v2;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -25,11 +28,13 @@ pub enum BackendError {
     Io { addr: SocketAddr, source: io::Error },
     #[error("backend {addr} refused XCLIENT: {detail}; allow mxgate's address in smtpd_authorized_xclient_hosts")]
     Xclient { addr: SocketAddr, detail: String },
+    #[error("no TLS with backend {addr}: {detail}; check [backend.tls] against the backend's TLS settings and certificate")]
+    Tls { addr: SocketAddr, detail: String },
 }
 
 /// A connected backend and the bytes it already sent that the relay must read (its greeting).
 pub struct Backend {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub pending_input: BytesMut,
 }
 
@@ -101,26 +106,42 @@ pub async fn connect(
     // Replies and commands are small: without this, each waits for the peer's delayed ACK.
     let _ = stream.set_nodelay(true);
     let io_err = |source| BackendError::Io { addr, source };
+    if let ClientAddressMode::V1 | ClientAddressMode::V2 = policy.client_address {
+        // Before TLS too: the backend reads the header before anything else.
+        let header = proxy_header(policy.client_address, client, local);
+        stream.write_all(&header).await.map_err(io_err)?;
+    }
     let mut pending_input = input;
-    match policy.client_address {
-        ClientAddressMode::None => {}
-        ClientAddressMode::V1 | ClientAddressMode::V2 => {
-            let header = proxy_header(policy.client_address, client, local);
-            stream.write_all(&header).await.map_err(io_err)?;
-        }
-        ClientAddressMode::Xclient => {
-            let exchange = xclient(&mut stream, &mut pending_input, client, helo_name);
-            match timeout(policy.reply_timeout, exchange).await {
-                Ok(result) => result.map_err(|e| match e {
-                    XclientError::Io(source) => BackendError::Io { addr, source },
-                    XclientError::Refused(detail) => BackendError::Xclient { addr, detail },
-                })?,
+    let (mut stream, greeted) = match &policy.tls {
+        None => (BackendStream::Plain(stream), false),
+        Some(tls) => {
+            let started = start_tls(stream, tls, &mut pending_input, helo_name);
+            match timeout(policy.reply_timeout, started).await {
+                Ok(Ok(started)) => started,
+                Ok(Err(detail)) => return Err(BackendError::Tls { addr, detail }),
                 Err(_) => {
-                    return Err(BackendError::Xclient {
+                    return Err(BackendError::Tls {
                         addr,
-                        detail: "no reply in time".into(),
+                        detail: "no TLS session within reply_timeout".into(),
                     })
                 }
+            }
+        }
+    };
+    if policy.client_address == ClientAddressMode::Xclient {
+        // After STARTTLS the first greeting is spent: XCLIENT's new one is what the client sees.
+        pending_input.clear();
+        let exchange = xclient(&mut stream, &mut pending_input, client, helo_name, greeted);
+        match timeout(policy.reply_timeout, exchange).await {
+            Ok(result) => result.map_err(|e| match e {
+                ExchangeError::Io(source) => BackendError::Io { addr, source },
+                ExchangeError::Refused(detail) => BackendError::Xclient { addr, detail },
+            })?,
+            Err(_) => {
+                return Err(BackendError::Xclient {
+                    addr,
+                    detail: "no reply in time".into(),
+                })
             }
         }
     }
@@ -130,6 +151,77 @@ pub async fn connect(
     })
 }
 
+/// Starts TLS with the backend as `tls.mode` says. With STARTTLS the backend's greeting, read
+/// first, is appended to `greeting` for the client, and the second value is true. Errors are
+/// details for [`BackendError::Tls`].
+async fn start_tls(
+    mut stream: TcpStream,
+    tls: &BackendTls,
+    greeting: &mut BytesMut,
+    helo_name: &str,
+) -> Result<(BackendStream, bool), String> {
+    let greeted = match tls.mode {
+        BackendTlsMode::Implicit => false,
+        BackendTlsMode::Starttls => {
+            let mut buf = BytesMut::with_capacity(512);
+            let (code, raw) = read_reply(&mut stream, &mut buf)
+                .await
+                .map_err(|e| e.detail("greeting"))?;
+            if code != 220 {
+                return Err(refusal("greeting", &raw));
+            }
+            // The greeting goes to the client after TLS, as the backend's first words.
+            greeting.extend_from_slice(&raw);
+            let ehlo = format!("EHLO {helo_name}\r\n");
+            let (code, raw) = exchange(&mut stream, &mut buf, ehlo.as_bytes(), "EHLO").await?;
+            let offers_starttls =
+                reply_texts(&raw).any(|t| t.len() >= 8 && t[..8].eq_ignore_ascii_case(b"STARTTLS"));
+            if code != 250 || !offers_starttls {
+                return Err(refusal("EHLO reply has no STARTTLS", &raw));
+            }
+            let (code, raw) = exchange(&mut stream, &mut buf, b"STARTTLS\r\n", "STARTTLS").await?;
+            if code != 220 {
+                return Err(refusal("STARTTLS", &raw));
+            }
+            if !buf.is_empty() {
+                // Bytes sent in the clear behind the 220 would be taken into the TLS session as if
+                // they came inside it (CVE-2011-0411).
+                return Err(refusal(
+                    "bytes in the clear after the 220 to STARTTLS",
+                    &buf,
+                ));
+            }
+            true
+        }
+    };
+    match backend_tls::handshake(stream, tls).await {
+        Ok(tls_stream) => Ok((BackendStream::Tls(Box::new(tls_stream)), greeted)),
+        Err(e) => Err(format!("TLS handshake: {e}")),
+    }
+}
+
+/// Sends `command` and reads its reply: its code and bytes. Errors are details naming `what`.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    command: &[u8],
+    what: &str,
+) -> Result<(u16, BytesMut), String> {
+    stream
+        .write_all(command)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    read_reply(stream, buf).await.map_err(|e| e.detail(what))
+}
+
+/// A refusal's detail: what was refused and the backend's reply, its lines joined by ` | ` so
+/// that the log line stays one line.
+fn refusal(what: &str, raw: &[u8]) -> String {
+    let reply = String::from_utf8_lossy(raw);
+    let lines: Vec<&str> = reply.lines().map(str::trim_end).collect();
+    format!("{what}: {}", lines.join(" | "))
+}
+
 /// How long a session waits for the backend to close the connection after QUIT.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -137,55 +229,65 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// to a QUIT of mxgate's own). The side that closes first holds the connection's TIME_WAIT: waiting
 /// keeps it with the backend, as a TCP proxy does, instead of on mxgate's ports towards the
 /// backend. The caller bounds the wait with [`CLOSE_WAIT`].
-pub async fn until_closed(stream: &mut TcpStream) {
+pub async fn until_closed<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut scrap = [0u8; 512];
     while let Ok(1..) = stream.read(&mut scrap).await {}
 }
 
-enum XclientError {
+/// What went wrong in an exchange of commands and replies before the session.
+enum ExchangeError {
     Io(io::Error),
     Refused(String),
 }
 
-/// Reads one reply, returning its code and raw bytes, consumed from `buf`.
-async fn read_reply(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> Result<(u16, BytesMut), XclientError> {
-    loop {
-        match scan_reply(buf) {
-            Ok(Some(reply)) => return Ok((reply.code, buf.split_to(reply.len))),
-            Ok(None) => {}
-            Err(e) => return Err(XclientError::Refused(e.to_string())),
-        }
-        if stream.read_buf(buf).await.map_err(XclientError::Io)? == 0 {
-            return Err(XclientError::Refused("connection closed".into()));
+impl ExchangeError {
+    /// The error as a detail naming `what` was being read.
+    fn detail(self, what: &str) -> String {
+        match self {
+            ExchangeError::Io(e) => format!("{what}: {e}"),
+            ExchangeError::Refused(detail) => format!("{what}: {detail}"),
         }
     }
 }
 
-/// Postfix XCLIENT (http://www.postfix.org/XCLIENT_README.html): greeting, EHLO, XCLIENT. The
-/// backend answers XCLIENT with a fresh greeting, which is left in `buf` for the client.
-async fn xclient(
-    stream: &mut TcpStream,
+/// Reads one reply, returning its code and raw bytes, consumed from `buf`.
+async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(u16, BytesMut), ExchangeError> {
+    loop {
+        match scan_reply(buf) {
+            Ok(Some(reply)) => return Ok((reply.code, buf.split_to(reply.len))),
+            Ok(None) => {}
+            Err(e) => return Err(ExchangeError::Refused(e.to_string())),
+        }
+        if stream.read_buf(buf).await.map_err(ExchangeError::Io)? == 0 {
+            return Err(ExchangeError::Refused("connection closed".into()));
+        }
+    }
+}
+
+/// Postfix XCLIENT (http://www.postfix.org/XCLIENT_README.html): greeting (unless `greeted`: read
+/// before STARTTLS), EHLO, XCLIENT. The backend answers XCLIENT with a fresh greeting, which is
+/// left in `buf` for the client.
+async fn xclient<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     client: SocketAddr,
     helo_name: &str,
-) -> Result<(), XclientError> {
-    let refused = |what: &str, raw: &[u8]| {
-        XclientError::Refused(format!(
-            "{what}: {}",
-            String::from_utf8_lossy(raw).trim_end()
-        ))
-    };
-    let (code, raw) = read_reply(stream, buf).await?;
-    if code != 220 {
-        return Err(refused("greeting", &raw));
+    greeted: bool,
+) -> Result<(), ExchangeError> {
+    let refused = |what: &str, raw: &[u8]| ExchangeError::Refused(refusal(what, raw));
+    if !greeted {
+        let (code, raw) = read_reply(stream, buf).await?;
+        if code != 220 {
+            return Err(refused("greeting", &raw));
+        }
     }
     stream
         .write_all(format!("EHLO {helo_name}\r\n").as_bytes())
         .await
-        .map_err(XclientError::Io)?;
+        .map_err(ExchangeError::Io)?;
     let (code, raw) = read_reply(stream, buf).await?;
     let offers_xclient =
         reply_texts(&raw).any(|t| t.len() >= 7 && t[..7].eq_ignore_ascii_case(b"XCLIENT"));
@@ -204,17 +306,17 @@ async fn xclient(
     stream
         .write_all(command.as_bytes())
         .await
-        .map_err(XclientError::Io)?;
+        .map_err(ExchangeError::Io)?;
     // Leave the new greeting unread: it is the first thing the relay passes to the client.
     loop {
         match scan_reply(buf) {
             Ok(Some(reply)) if reply.code == 220 => return Ok(()),
             Ok(Some(reply)) => return Err(refused("XCLIENT", &buf[..reply.len])),
             Ok(None) => {}
-            Err(e) => return Err(XclientError::Refused(e.to_string())),
+            Err(e) => return Err(ExchangeError::Refused(e.to_string())),
         }
-        if stream.read_buf(buf).await.map_err(XclientError::Io)? == 0 {
-            return Err(XclientError::Refused(
+        if stream.read_buf(buf).await.map_err(ExchangeError::Io)? == 0 {
+            return Err(ExchangeError::Refused(
                 "connection closed after XCLIENT".into(),
             ));
         }
@@ -237,6 +339,18 @@ mod tests {
         let parsed = v2::Header::try_from(&v2[..]).unwrap();
         assert_eq!(parsed.addresses, v2::Addresses::from((client, local)));
         assert!(proxy_header(ClientAddressMode::None, client, local).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_is_one_line() {
+        let detail = refusal(
+            "EHLO reply has no STARTTLS",
+            b"250-mta.test\r\n250 SIZE 1000\r\n",
+        );
+        assert_eq!(
+            detail,
+            "EHLO reply has no STARTTLS: 250-mta.test | 250 SIZE 1000"
+        );
     }
 
     #[test]

@@ -287,6 +287,37 @@ pub struct BackendSection {
     /// How long mxgate waits for the backend's reply to the end of DATA (RFC 5321 4.5.3.2.6: 10 minutes).
     #[serde(default = "secs::<600>", with = "humantime_serde")]
     pub data_reply_timeout: Duration,
+    /// TLS on the hop to the backend; plain when absent.
+    pub tls: Option<BackendTlsSection>,
+}
+
+/// How mxgate starts TLS towards the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTlsMode {
+    /// STARTTLS after the backend's greeting and mxgate's EHLO (RFC 3207).
+    Starttls,
+    /// TLS from the first byte after the PROXY header (Postfix: `smtpd_tls_wrappermode = yes`).
+    Implicit,
+}
+
+impl BackendTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendTlsMode::Starttls => "starttls",
+            BackendTlsMode::Implicit => "implicit",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsSection {
+    pub mode: BackendTlsMode,
+    /// PEM file with the certificates that may sign the backend's certificate.
+    pub ca: Spanned<PathBuf>,
+    /// The name the backend's certificate must carry; the backend's IP address when absent.
+    pub server_name: Option<Spanned<String>>,
 }
 
 fn default_client_address() -> ClientAddressMode {

@@ -89,6 +89,8 @@ pub struct BackendPolicy {
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
     pub data_reply_timeout: Duration,
+    /// TLS on the hop to the backend; plain when `None`.
+    pub tls: Option<crate::net::backend_tls::BackendTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -524,6 +526,27 @@ pub(super) fn validate(
         );
     }
     let admin_token = admin_token(&file.server, base_dir, &mut check);
+    let backend_tls = file.backend.tls.as_ref().and_then(|tls| {
+        let name = tls.server_name.as_ref();
+        match crate::net::backend_tls::client_setup(
+            tls.mode,
+            &resolve(tls.ca.get_ref(), base_dir),
+            name.map(|n| n.get_ref().as_str()),
+            file.backend.address.ip(),
+        ) {
+            Ok(setup) => Some(setup),
+            Err(e) => {
+                let span = match (&e, name) {
+                    (crate::net::backend_tls::BackendTlsError::ServerName { .. }, Some(n)) => {
+                        n.span()
+                    }
+                    _ => tls.ca.span(),
+                };
+                check.error(Some(span), e.to_string());
+                None
+            }
+        }
+    });
     let tls = file.tls.as_ref().and_then(|tls| {
         match crate::session::tls::server_config(
             &resolve(tls.certificate.get_ref(), base_dir),
@@ -562,6 +585,7 @@ pub(super) fn validate(
             connect_timeout: file.backend.connect_timeout,
             reply_timeout: file.backend.reply_timeout,
             data_reply_timeout: file.backend.data_reply_timeout,
+            tls: backend_tls,
         },
         session: SessionPolicy {
             idle_timeout: s.idle_timeout,

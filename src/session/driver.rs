@@ -2,13 +2,14 @@
 //! what it asks for, enforces the timeouts and upgrades the client to TLS on STARTTLS.
 
 use super::buffers;
-use super::quick_write::{write_at_once, Left};
+use super::quick_write::{write_at_once, Left, Unflushed};
 use super::refuse;
 use super::relay::{Action, EndReason, Output, Relay, RelayConfig};
 use super::stop::StopSignal;
-use super::wait::{reset_timer, Armed, ClientRead, Stop, Wait, Woken};
+use super::wait::{reset_timer, Armed, PeerRead, Stop, Wait, Woken};
 use crate::admission::gate::AdmissionPermit;
 use crate::net::backend::{self, BackendError};
+use crate::net::backend_stream::BackendStream;
 use crate::net::last_reply;
 use crate::policy::{ClassPolicy, ClientAddressMode, Policy};
 use crate::telemetry;
@@ -64,7 +65,7 @@ struct Timeouts {
 
 /// The backend side of a session and both input buffers.
 struct Link {
-    backend: TcpStream,
+    backend: BackendStream,
     backend_in: BytesMut,
     client_in: BytesMut,
 }
@@ -260,11 +261,16 @@ async fn continue_in_tls(
 async fn tls_failed(relay: &mut Relay, link: &mut Link, timeouts: &Timeouts) {
     let mut out = Output::default();
     relay.on_tls_failed(&mut out);
-    let _ = timeout(timeouts.reply, link.backend.write_all(&out.to_backend)).await;
+    let backend = &mut link.backend;
+    let written = async {
+        backend.write_all(&out.to_backend).await?;
+        backend.flush().await
+    };
+    let _ = timeout(timeouts.reply, written).await;
 }
 
 /// The client connection as the driver uses it: plain TCP, then TLS after STARTTLS.
-trait ClientStream: ClientRead + AsyncWrite + Unpin {
+trait ClientStream: PeerRead + AsyncWrite + Unpin {
     /// Writes the session's last bytes and half-closes, in one segment where the transport allows.
     async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write_all(bytes).await
@@ -280,7 +286,7 @@ impl ClientStream for TcpStream {
 /// TLS ends with its own close_notify; its last record is written the ordinary way.
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
 
-impl ClientRead for tokio_rustls::server::TlsStream<TcpStream> {}
+impl PeerRead for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// Runs the relay over one client stream (plain, then TLS after STARTTLS) until it ends or upgrades.
 async fn drive<C: ClientStream>(
@@ -317,15 +323,13 @@ async fn drive<C: ClientStream>(
         // only for what is left, and for the turns that close the session or upgrade it.
         let left = match out.action {
             None => write_at_once(client, &mut link.backend, &mut out).await,
-            Some(_) => Left::Output {
-                client_unflushed: false,
-            },
+            Some(_) => Left::Output(Unflushed::default()),
         };
         let next = match left {
             Left::Nothing => None,
-            Left::Output { client_unflushed } => {
+            Left::Output(unflushed) => {
                 let backend = &mut link.backend;
-                flush(relay, client, backend, &mut out, t, client_unflushed).await
+                flush(relay, client, backend, &mut out, t, unflushed).await
             }
         };
         // Inside a body the buffers are kept: they grew to the size of its pieces, and the pool
@@ -419,18 +423,18 @@ fn lend_output_buffers(out: &mut Output) {
     }
 }
 
-/// Writes what the relay produced (what [`write_at_once`] left of it) and flushes the client
-/// stream if `client_unflushed`. Returns how the session goes on if it stops here.
+/// Writes what the relay produced (what [`write_at_once`] left of it) and flushes the streams
+/// `unflushed` names. Returns how the session goes on if it stops here.
 async fn flush<C: ClientStream>(
     relay: &mut Relay,
     client: &mut C,
-    backend: &mut TcpStream,
+    backend: &mut BackendStream,
     out: &mut Output,
     t: &Timeouts,
-    client_unflushed: bool,
+    unflushed: Unflushed,
 ) -> Option<Next> {
     let mut client_gone = false;
-    if !out.to_client.is_empty() || client_unflushed {
+    if !out.to_client.is_empty() || unflushed.client {
         let written = finish_within(t.idle, async {
             // The last reply before a close takes the FIN along where the transport allows.
             match out.action {
@@ -448,8 +452,12 @@ async fn flush<C: ClientStream>(
             out.to_client.clear();
         }
     }
-    if !out.to_backend.is_empty() {
-        let written = finish_within(t.reply, backend.write_all(&out.to_backend)).await;
+    if !out.to_backend.is_empty() || unflushed.backend {
+        let written = finish_within(t.reply, async {
+            backend.write_all(&out.to_backend).await?;
+            backend.flush().await
+        })
+        .await;
         out.to_backend.clear();
         if !matches!(written, Some(Ok(()))) && !client_gone && out.action.is_none() {
             relay.on_backend_eof(out);

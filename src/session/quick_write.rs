@@ -12,16 +12,22 @@ use tokio::io::AsyncWrite;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Left {
     Nothing,
-    /// Bytes still in the output, or a client stream (TLS) that still holds some to flush.
-    Output {
-        client_unflushed: bool,
-    },
+    /// Bytes still in the output, or streams (TLS) that still hold some to flush.
+    Output(Unflushed),
 }
 
-/// Writes the relay's output as far as the sockets take it without waiting: the client's part,
-/// flushed, then the backend's. Replies and commands are small and almost always go at once. What
-/// is written is gone from `out`; a socket that would block or fails is left to the timed writes,
-/// which meet the same state or error again and handle it.
+/// The streams that took their bytes but still hold some to send: a TLS stream whose records
+/// did not all fit into the socket. A plain socket never does.
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub struct Unflushed {
+    pub client: bool,
+    pub backend: bool,
+}
+
+/// Writes the relay's output as far as the streams take it without waiting: the client's part,
+/// flushed, then the backend's, flushed. Replies and commands are small and almost always go at
+/// once. What is written is gone from `out`; a stream that would block or fails is left to the
+/// timed writes, which meet the same state or error again and handle it.
 pub async fn write_at_once<C, B>(client: &mut C, backend: &mut B, out: &mut Output) -> Left
 where
     C: AsyncWrite + Unpin,
@@ -35,19 +41,28 @@ where
     C: AsyncWrite + Unpin,
     B: AsyncWrite + Unpin,
 {
-    let mut client_unflushed = false;
+    let mut unflushed = Unflushed::default();
     if !out.to_client.is_empty() {
         if !write_ready(Pin::new(&mut *client), &mut out.to_client, cx) {
-            return Left::Output {
-                client_unflushed: false,
-            };
+            return Left::Output(unflushed);
         }
-        client_unflushed = !matches!(Pin::new(&mut *client).poll_flush(cx), Poll::Ready(Ok(())));
+        unflushed.client = !flushed(Pin::new(&mut *client), cx);
     }
-    match write_ready(Pin::new(backend), &mut out.to_backend, cx) && !client_unflushed {
+    if !out.to_backend.is_empty() {
+        if !write_ready(Pin::new(&mut *backend), &mut out.to_backend, cx) {
+            return Left::Output(unflushed);
+        }
+        unflushed.backend = !flushed(Pin::new(backend), cx);
+    }
+    match unflushed == Unflushed::default() {
         true => Left::Nothing,
-        false => Left::Output { client_unflushed },
+        false => Left::Output(unflushed),
     }
+}
+
+/// Whether the writer sent all it holds without waiting.
+fn flushed<W: AsyncWrite>(writer: Pin<&mut W>, cx: &mut Context) -> bool {
+    matches!(writer.poll_flush(cx), Poll::Ready(Ok(())))
 }
 
 /// Writes `buf` while the writer takes it without waiting; true once all of it is written. A buffer
@@ -115,10 +130,11 @@ mod tests {
         }
     }
 
-    /// Bytes left for the timed writes; nothing the client stream holds unflushed.
-    const REST_LEFT: Left = Left::Output {
-        client_unflushed: false,
-    };
+    /// Bytes left for the timed writes; nothing a stream holds unflushed.
+    const REST_LEFT: Left = Left::Output(Unflushed {
+        client: false,
+        backend: false,
+    });
 
     fn writer(room: usize) -> Writer {
         Writer {
@@ -175,12 +191,34 @@ mod tests {
         let left = write(&mut client, &mut backend, &mut out);
         assert_eq!(
             left,
-            Left::Output {
-                client_unflushed: true
-            }
+            Left::Output(Unflushed {
+                client: true,
+                backend: false
+            })
         );
         assert_eq!(client.written, b"354 go ahead\r\n");
         assert!(out.to_client.is_empty());
+    }
+
+    #[test]
+    fn a_backend_stream_still_flushing_is_left_to_flush() {
+        let (mut client, mut backend) = (writer(100), writer(100));
+        backend.flush_waits = true;
+        let mut out = output(b"250 2.1.5 Ok\r\n", b"DATA\r\n");
+        let left = write(&mut client, &mut backend, &mut out);
+        assert_eq!(
+            left,
+            Left::Output(Unflushed {
+                client: false,
+                backend: true
+            })
+        );
+        assert_eq!(backend.written, b"DATA\r\n");
+        assert!(out.to_client.is_empty() && out.to_backend.is_empty());
+
+        // Nothing for the backend this turn: its flush is not asked for, and nothing is left.
+        let mut out = output(b"354 go ahead\r\n", b"");
+        assert_eq!(write(&mut client, &mut backend, &mut out), Left::Nothing);
     }
 
     #[test]

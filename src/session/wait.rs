@@ -3,6 +3,7 @@
 //! fired since they were last polled: polling an idle socket again takes a lock inside tokio to
 //! register the same waker anew, at every turn of every session.
 
+use crate::net::backend_stream::BackendStream;
 use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,18 +34,27 @@ pub enum Stop<'a, F> {
     Grace(Pin<&'a mut Sleep>),
 }
 
-/// A client stream: plain TCP, whose readiness tokio records, or TLS, which may hold decrypted
+/// A stream to a peer: plain TCP, whose readiness tokio records, or TLS, which may hold decrypted
 /// bytes that the socket's readiness does not show.
-pub trait ClientRead: AsyncRead + Unpin {
+pub trait PeerRead: AsyncRead + Unpin {
     /// Whether a read may find bytes.
     fn may_be_readable(&self) -> bool {
         true
     }
 }
 
-impl ClientRead for TcpStream {
+impl PeerRead for TcpStream {
     fn may_be_readable(&self) -> bool {
         readable(self)
+    }
+}
+
+impl PeerRead for BackendStream {
+    fn may_be_readable(&self) -> bool {
+        match self {
+            BackendStream::Plain(tcp) => readable(tcp),
+            BackendStream::Tls(_) => true,
+        }
     }
 }
 
@@ -52,14 +62,14 @@ impl ClientRead for TcpStream {
 pub struct Wait<'a, C, F> {
     pub armed: &'a mut Armed,
     pub stop: Stop<'a, F>,
-    pub backend: &'a mut TcpStream,
+    pub backend: &'a mut BackendStream,
     pub backend_in: &'a mut BytesMut,
     /// The client and its input, when the relay wants its bytes.
     pub client: Option<(&'a mut C, &'a mut BytesMut)>,
     pub timer: Pin<&'a mut Sleep>,
 }
 
-impl<C: ClientRead, F: Future<Output = ()>> Future for Wait<'_, C, F> {
+impl<C: PeerRead, F: Future<Output = ()>> Future for Wait<'_, C, F> {
     type Output = Woken;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
@@ -77,7 +87,7 @@ impl<C: ClientRead, F: Future<Output = ()>> Future for Wait<'_, C, F> {
         let backend_in = &mut *this.backend_in;
         let read = armed.backend.poll(
             &mut *this.backend,
-            |b| readable(b),
+            |b| b.may_be_readable(),
             |b| poll_read_buf(Pin::new(b), cx, backend_in),
         );
         if let Poll::Ready(read) = read {
@@ -218,7 +228,7 @@ mod tests {
     /// A session's side of the waits: its sockets (the peers are the test's), inputs and timer.
     struct Session {
         armed: Armed,
-        backend: TcpStream,
+        backend: BackendStream,
         client: TcpStream,
         backend_in: BytesMut,
         client_in: BytesMut,
@@ -261,7 +271,7 @@ mod tests {
         let hour = std::time::Duration::from_secs(3600);
         let mut session = Session {
             armed: Armed::default(),
-            backend,
+            backend: BackendStream::Plain(backend),
             client,
             backend_in: BytesMut::with_capacity(64),
             client_in: BytesMut::with_capacity(64),

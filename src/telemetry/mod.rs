@@ -53,7 +53,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (DNSBL_ERRORS, "counter", "DNS list answers that were errors (127.255.255.x, outside 127/8), by zone: never counted as listings."),
     (DNSBL_CACHE, "counter", "DNS list cache lookups by result (hit, miss)."),
     (DNSBL_USABLE, "gauge", "1 while a DNS list passes its self-test and is used for scoring, by zone."),
-    (BACKEND_CONNECT_FAILURES, "counter", "Connections to the backend that failed or timed out (the client got 421 4.3.2)."),
+    (BACKEND_CONNECT_FAILURES, "counter", "Connections to the backend that failed, timed out, or got no TLS as [backend.tls] asks (the client got 421 4.3.2)."),
     (OUT_OF_DESCRIPTORS, "counter", "Sockets mxgate could not open for want of file descriptors or kernel memory, by where: accept (the connection waits in the listen queue; retried every 100 ms) or backend (the client got 421 4.3.2)."),
     (TLS_HANDSHAKES, "counter", "STARTTLS handshakes by result (ok, failed)."),
     (POLICY_RELOADS, "counter", "Policy reloads by result (ok, invalid: refused by validation, failed: DNS lists could not be set up)."),

@@ -1,0 +1,169 @@
+//! TLS on the hop to the backend (`[backend.tls]`): STARTTLS or implicit TLS with the sink, the
+//! client announced by PROXY v2 or XCLIENT. A backend that cannot do TLS as asked, or whose
+//! certificate does not verify, costs the client a `421 4.3.2`, never a message in the clear.
+
+mod common;
+
+use common::{policy_text, sha256, Gate, WAIT};
+use mxgate::policy::Policy;
+use mxgate_loadtest::sink::{Sink, SinkConfig};
+use std::path::{Path, PathBuf};
+
+/// A self-signed certificate for `names`, written into `dir` under `stem`: (certificate, key).
+fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.join(format!("{stem}-cert.pem"));
+    let key = dir.join(format!("{stem}-key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// How the sink speaks TLS.
+#[derive(Clone, Copy, Debug)]
+enum SinkTls {
+    None,
+    Starttls,
+    Implicit,
+}
+
+/// A sink for mxgate's `client_mode`, with its certificate (for 127.0.0.1 and sink.test) from `dir`.
+async fn sink(dir: &Path, tls: SinkTls, client_mode: &str) -> Sink {
+    let (cert, key) = certificate(dir, "sink", &["127.0.0.1", "sink.test"]);
+    let server = mxgate::session::tls::server_config(&cert, &key).unwrap();
+    Sink::start(SinkConfig {
+        tls: (!matches!(tls, SinkTls::None)).then_some(server),
+        tls_on_connect: matches!(tls, SinkTls::Implicit),
+        expect_proxy: client_mode == "v2",
+        xclient: client_mode == "xclient",
+        ..SinkConfig::loopback()
+    })
+    .await
+    .expect("start sink")
+}
+
+/// mxgate in front of `sink` with `[backend.tls]` set to `tls` (TOML lines).
+async fn gate(sink: &Sink, client_mode: &str, tls: &str) -> Gate {
+    let mut text = policy_text(sink.addr(), client_mode, "", "");
+    text.push_str(&format!("\n[backend.tls]\n{tls}\n"));
+    let policy = Policy::parse("backend-tls", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    Gate::start(policy).await
+}
+
+/// A body that takes many TLS records, with a dot-stuffed line.
+fn large_body() -> Vec<u8> {
+    let mut body = b"Subject: over TLS to the backend\r\n\r\n..stuffed\r\n".to_vec();
+    while body.len() < 1024 * 1024 {
+        body.extend_from_slice(
+            b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqr\r\n",
+        );
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_delivers_over_tls() {
+    let cases = [
+        ("starttls", "v2", "127.0.0.21"),
+        ("starttls", "xclient", "127.0.0.22"),
+        ("implicit", "v2", "127.0.0.23"),
+        ("implicit", "xclient", "127.0.0.24"),
+    ];
+    let body = large_body();
+    for (mode, client_mode, source) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let sink_tls = match mode {
+            "starttls" => SinkTls::Starttls,
+            _ => SinkTls::Implicit,
+        };
+        let sink = sink(dir.path(), sink_tls, client_mode).await;
+        let ca = dir.path().join("sink-cert.pem");
+        let gate = gate(&sink, client_mode, &format!("mode = {mode:?}\nca = {ca:?}")).await;
+        let case = format!("{mode} with {client_mode}");
+
+        let mut client = gate.connect(source).await;
+        let greeting = client.read_reply().await.expect(&case);
+        assert_eq!(greeting.code, 220, "{case}: {greeting}");
+        assert!(greeting.text.contains("sink.test"), "{case}: {greeting}");
+        let ehlo = client.command("EHLO client.test").await.expect(&case);
+        assert_eq!(ehlo.code, 250, "{case}: {ehlo}");
+        assert!(!ehlo.text.contains("STARTTLS"), "{case}: {ehlo}");
+        let reply = client.send_message("a@b", &["r@s"], &body).await;
+        assert_eq!(reply.expect(&case).code, 250, "{case}");
+        let reply = client.send_message("a@b", &["r@s"], b"second\r\n").await;
+        assert_eq!(reply.expect(&case).code, 250, "{case}");
+        assert_eq!(client.command("QUIT").await.expect(&case).code, 221);
+
+        assert!(sink.wait_until(WAIT, |m, _| m.len() == 2).await, "{case}");
+        let messages = sink.messages();
+        assert_eq!(messages[0].sha256, sha256(&body), "{case}");
+        assert_eq!(messages[1].sha256, sha256(b"second\r\n"), "{case}");
+        assert!(
+            messages.iter().all(|m| m.client.to_string() == source),
+            "{case}"
+        );
+        let sessions = sink.sessions();
+        assert_eq!(sessions.len(), 1, "{case}");
+        assert!(sessions[0].tls, "{case}: the sink's session was not in TLS");
+        let announced = match client_mode {
+            "v2" => "proxy-v2",
+            _ => "xclient",
+        };
+        assert_eq!(sessions[0].announced_by, announced, "{case}");
+        gate.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tls_as_asked_means_421_and_nothing_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stranger, _) = certificate(dir.path(), "stranger", &["127.0.0.1"]);
+    let ca = dir.path().join("sink-cert.pem");
+    let cases = [
+        (
+            "no STARTTLS offered",
+            SinkTls::None,
+            format!("mode = \"starttls\"\nca = {ca:?}"),
+        ),
+        (
+            "implicit TLS to a plain backend",
+            SinkTls::None,
+            format!("mode = \"implicit\"\nca = {ca:?}"),
+        ),
+        (
+            "untrusted certificate",
+            SinkTls::Starttls,
+            format!("mode = \"starttls\"\nca = {stranger:?}"),
+        ),
+        (
+            "certificate for another name",
+            SinkTls::Implicit,
+            format!("mode = \"implicit\"\nca = {ca:?}\nserver_name = \"other.test\""),
+        ),
+    ];
+    for (case, sink_tls, tls) in cases {
+        // The sink writes its certificate afresh: `ca` names the one it uses.
+        let sink = sink(dir.path(), sink_tls, "v2").await;
+        let gate = gate(&sink, "v2", &tls).await;
+        let mut client = gate.connect("127.0.0.25").await;
+        let reply = client.read_reply().await.expect(case);
+        assert_eq!(reply.code, 421, "{case}: {reply}");
+        assert!(
+            reply
+                .text
+                .contains("4.3.2 mx.test Service temporarily unavailable"),
+            "{case}: {reply}"
+        );
+        assert!(
+            client.read_reply().await.is_err(),
+            "{case}: closed after the 421"
+        );
+        assert!(sink.messages().is_empty(), "{case}");
+        assert!(
+            sink.sessions().iter().all(|s| s.messages == 0 && !s.tls),
+            "{case}"
+        );
+        gate.stop().await;
+    }
+}

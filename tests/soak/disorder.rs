@@ -10,6 +10,7 @@ use proptest::prelude::RngExt;
 use proptest::test_runner::TestRng;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -21,13 +22,21 @@ async fn pause(rng: &mut TestRng, millis: std::ops::Range<u64>, done: &Cancellat
     }
 }
 
-/// The sink on `addr`, expecting the client's address as mxgate's `client_address` `mode`
-/// announces it (`v2` or `xclient`).
-pub fn sink_config(addr: SocketAddr, mode: &str) -> SinkConfig {
+/// The backend as mxgate is set to reach it: how it announces the client (`v2` or `xclient`), and
+/// the backend's STARTTLS configuration when the hop is in TLS.
+#[derive(Clone)]
+pub struct BackendSpec {
+    pub mode: &'static str,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The sink on `addr`, as `backend` says.
+pub fn sink_config(addr: SocketAddr, backend: &BackendSpec) -> SinkConfig {
     SinkConfig {
         listen: addr,
-        expect_proxy: mode == "v2",
-        xclient: mode == "xclient",
+        tls: backend.tls.clone(),
+        expect_proxy: backend.mode == "v2",
+        xclient: backend.mode == "xclient",
         keep_bodies: false,
         keep_messages: false,
         reject_rcpt_prefix: Some("refused".into()),
@@ -41,7 +50,7 @@ pub fn sink_config(addr: SocketAddr, mode: &str) -> SinkConfig {
 /// records of every sink that ran, the last one stopped too.
 pub async fn restart_backend(
     mut sink: Sink,
-    mode: &'static str,
+    backend: BackendSpec,
     mut rng: TestRng,
     done: CancellationToken,
 ) -> Vec<SessionRecord> {
@@ -50,7 +59,7 @@ pub async fn restart_backend(
     while pause(&mut rng, 1_000..3_000, &done).await {
         records.extend(sink.stop().await);
         pause(&mut rng, 200..1_000, &CancellationToken::new()).await;
-        sink = Sink::start(sink_config(addr, mode))
+        sink = Sink::start(sink_config(addr, &backend))
             .await
             .expect("the sink starts again on its address");
     }

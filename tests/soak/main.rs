@@ -8,7 +8,7 @@
 //! - every slot is free again and mxgate holds no more file descriptors than before;
 //! - nothing panicked, a plain session still delivers, and SIGTERM stops mxgate cleanly.
 //!
-//! A second test sends SIGTERM halfway through the load.
+//! A second test sends SIGTERM halfway through the load, with the backend hop in TLS.
 //!
 //! `SOAK_SENDERS` (default 6,000, about 10 s) and `SOAK_SEED` (default 1) change the run; a failure
 //! prints the seed. Timing still varies between runs: the seed fixes what each sender does, not
@@ -124,7 +124,7 @@ async fn soak_keeps_every_promise() {
     let seed = env_number("SOAK_SEED", 1);
     let senders = env_number("SOAK_SENDERS", 6_000) as usize;
     println!("soak: seed {seed}, {senders} senders, {AT_ONCE} at once");
-    let mut rig = Rig::start("v2").await;
+    let mut rig = Rig::start("v2", false).await;
     let mut tally = Tally::default();
     // A first session opens what mxgate keeps open (its DNS sockets among them): the baseline.
     rig.deliver_one(&mut tally).await;
@@ -135,7 +135,7 @@ async fn soak_keeps_every_promise() {
     let backend = sink.addr();
     let backend_restarts = tokio::spawn(disorder::restart_backend(
         sink,
-        rig.mode,
+        rig.backend.clone(),
         rng(seed, 1),
         done.clone(),
     ));
@@ -174,7 +174,7 @@ async fn soak_keeps_every_promise() {
 
     // The backend of the last restart is gone; a new one on the same address takes mail again.
     rig.sink = Some(
-        Sink::start(disorder::sink_config(backend, rig.mode))
+        Sink::start(disorder::sink_config(backend, &rig.backend))
             .await
             .unwrap(),
     );
@@ -185,12 +185,14 @@ async fn soak_keeps_every_promise() {
 /// SIGTERM in the middle of the load: sessions in a transaction finish it, the others get
 /// `421 4.3.0`, nothing told accepted is lost, and mxgate exits cleanly. Senders that come after
 /// the listener closed are refused by the kernel, and those still in its queue may be reset.
-/// mxgate announces the clients by XCLIENT here (PROXY v2 in the other test).
+/// mxgate announces the clients by XCLIENT here (PROXY v2 in the other test), inside TLS to the
+/// sink (STARTTLS, `[backend.tls]`), so the crashes, hangs and refusals at the backend, and the
+/// shutdown, also meet a backend hop in TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_keeps_every_promise() {
     let seed = env_number("SOAK_SEED", 1);
     let senders = env_number("SOAK_SENDERS", 6_000) as usize / 2;
-    let mut rig = Rig::start("xclient").await;
+    let mut rig = Rig::start("xclient", true).await;
     let mut tally = Tally::default();
     rig.deliver_one(&mut tally).await;
     let pid = rig.gate.pid();
@@ -201,7 +203,16 @@ async fn shutdown_under_load_keeps_every_promise() {
     run_senders(&rig, seed, senders, &mut tally, terminate, true).await;
     let sink = rig.sink.take().unwrap();
     rig.stop(seed).await;
-    assert_kept(seed, &tally, &sink.stop().await);
+    let records = sink.stop().await;
+    assert_kept(seed, &tally, &records);
+    let in_clear: Vec<_> = records
+        .iter()
+        .filter(|r| r.messages > 0 && !r.tls)
+        .collect();
+    assert!(
+        in_clear.is_empty(),
+        "seed {seed}: messages reached the sink outside TLS: {in_clear:?}"
+    );
     let refused_after = tally.ends.keys().any(|end| end.contains("connect"));
     assert!(
         refused_after,

@@ -2,7 +2,7 @@
 //! policy of small limits and timeouts; and what a test reads of it (slots, descriptors).
 
 use crate::common::{self, metrics};
-use crate::disorder;
+use crate::disorder::{self, BackendSpec};
 use crate::tally::Tally;
 use mxgate_loadtest::client::SmtpClient;
 use mxgate_loadtest::demo::{free_addr, MxgateProcess};
@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Small limits and timeouts, so that every way a session can end comes up within seconds.
+/// `backend_tls`: the `[backend.tls]` table, or nothing.
 fn policy(
     mode: &str,
+    backend_tls: &str,
     dns: SocketAddr,
     cert: &Path,
     key: &Path,
@@ -89,6 +91,8 @@ recipients_per_message = 3
 name = "listed"
 max_score = 100
 action = "defer"
+
+{backend_tls}
 "#,
         cert = cert.display(),
         key = key.display(),
@@ -144,8 +148,8 @@ pub async fn settled<T, F: std::future::Future<Output = T>>(
 /// mxgate in front of a sink, with its DNS lists, certificate and policy file.
 pub struct Rig {
     _dir: tempfile::TempDir,
-    /// How mxgate announces each client to the sink: `v2` or `xclient`.
-    pub mode: &'static str,
+    /// How mxgate reaches the sink: how it announces each client, and TLS or not.
+    pub backend: BackendSpec,
     pub tls: Arc<rustls::ClientConfig>,
     pub dns: Arc<DnsblServer>,
     /// Taken by a test that restarts or stops it.
@@ -160,17 +164,38 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// mxgate announcing each client to the sink as `mode` says (`v2` or `xclient`).
-    pub async fn start(mode: &'static str) -> Rig {
+    /// mxgate announcing each client to the sink as `mode` says (`v2` or `xclient`), over
+    /// STARTTLS to the sink if `backend_tls`.
+    pub async fn start(mode: &'static str, backend_tls: bool) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, tls) = common::test_certificate(dir.path(), "mx.test");
+        let (backend, tls_table) = match backend_tls {
+            false => (BackendSpec { mode, tls: None }, String::new()),
+            true => {
+                // The sink's own certificate, for the address mxgate checks by default.
+                let sink_dir = dir.path().join("sink");
+                std::fs::create_dir(&sink_dir).unwrap();
+                let (sink_cert, sink_key, _) = common::test_certificate(&sink_dir, "127.0.0.1");
+                let server = mxgate::session::tls::server_config(&sink_cert, &sink_key).unwrap();
+                let table = format!(
+                    "[backend.tls]\nmode = \"starttls\"\nca = \"{}\"\n",
+                    sink_cert.display()
+                );
+                let spec = BackendSpec {
+                    mode,
+                    tls: Some(server),
+                };
+                (spec, table)
+            }
+        };
         let dns = DnsblServer::start(demo_zones()).await.unwrap();
-        let sink = Sink::start(disorder::sink_config(free_addr().unwrap(), mode))
+        let sink = Sink::start(disorder::sink_config(free_addr().unwrap(), &backend))
             .await
             .unwrap();
         let dns_addr = dns.addr();
-        let policy_for =
-            Arc::new(move |slots, messages| policy(mode, dns_addr, &cert, &key, slots, messages));
+        let policy_for = Arc::new(move |slots, messages| {
+            policy(mode, &tls_table, dns_addr, &cert, &key, slots, messages)
+        });
         let policy_file = dir.path().join("policy.toml");
         std::fs::write(&policy_file, policy_for(80, 3)).unwrap();
         let (listen, admin) = (free_addr().unwrap(), free_addr().unwrap());
@@ -193,7 +218,7 @@ impl Rig {
         });
         Rig {
             _dir: dir,
-            mode,
+            backend,
             tls,
             dns: Arc::new(dns),
             sink: Some(sink),

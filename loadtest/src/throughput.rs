@@ -35,6 +35,13 @@ pub struct ThroughputOptions {
     /// Message body size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
+    /// Messages per connection: each session reconnects after this many. 0: each session keeps
+    /// one connection for the whole run.
+    #[arg(long, default_value_t = 0)]
+    pub per_connection: u64,
+    /// Also measure mxgate with TLS on its hop to a sink of its own (`[backend.tls]`, STARTTLS).
+    #[arg(long)]
+    pub backend_tls: bool,
 }
 
 /// The policy of the throughput runs: no limit of mxgate's gets in the way of the load.
@@ -63,35 +70,50 @@ fn source(i: usize) -> IpAddr {
     ))
 }
 
-/// `sessions` persistent sessions deliver `messages` messages between them; returns msg/s.
+/// `sessions` concurrent sessions deliver `messages` messages between them, each connection
+/// `per_connection` of them (0: no limit); returns msg/s.
 async fn deliver(
     target: SocketAddr,
     sessions: usize,
     messages: u64,
+    per_connection: u64,
     body: Arc<Vec<u8>>,
 ) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let per_connection = match per_connection {
+        0 => u64::MAX,
+        n => n,
+    };
     for i in 0..sessions {
         let (next, body) = (next.clone(), body.clone());
         tasks.spawn(async move {
-            let mut client = SmtpClient::connect(target, Some(source(i))).await?;
-            client.reply_timeout = Duration::from_secs(60);
-            let greeting = client.read_reply().await?;
-            if greeting.code != 220 {
-                bail!("greeting {greeting}");
-            }
-            client.command("EHLO load.test").await?;
-            while next.fetch_add(1, Ordering::Relaxed) < messages {
-                let reply = client
-                    .send_message("load@source.test", &["rcpt@sink.test"], &body)
-                    .await?;
-                if reply.code != 250 {
-                    bail!("message refused: {reply}");
+            let mut more = true;
+            while more {
+                let mut client = SmtpClient::connect(target, Some(source(i))).await?;
+                client.reply_timeout = Duration::from_secs(60);
+                let greeting = client.read_reply().await?;
+                if greeting.code != 220 {
+                    bail!("greeting {greeting}");
                 }
+                client.command("EHLO load.test").await?;
+                let mut sent = 0;
+                while sent < per_connection {
+                    more = next.fetch_add(1, Ordering::Relaxed) < messages;
+                    if !more {
+                        break;
+                    }
+                    let reply = client
+                        .send_message("load@source.test", &["rcpt@sink.test"], &body)
+                        .await?;
+                    if reply.code != 250 {
+                        bail!("message refused: {reply}");
+                    }
+                    sent += 1;
+                }
+                let _ = client.command("QUIT").await;
             }
-            let _ = client.command("QUIT").await;
             anyhow::Ok(())
         });
     }
@@ -198,6 +220,10 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     let listen = free_addr()?;
     let policy_arg = policy.display().to_string();
     let gate = MxgateProcess::start_quiet(listen, sink.addr(), &["--policy", &policy_arg]).await?;
+    let tls_hop = match opts.backend_tls {
+        true => Some(TlsHop::start(dir).await?),
+        false => None,
+    };
 
     println!(
         "open file limit {limit}; {} bytes per message; {} messages per run, median of {}\n",
@@ -213,7 +239,16 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         paths.push(("haproxy (TCP mode)", *addr, Some(child.pid())));
     }
     paths.push(("mxgate", listen, Some(gate.pid())));
+    let mxgate_k = paths.len() - 1;
+    if let Some(hop) = &tls_hop {
+        paths.push((
+            "mxgate, STARTTLS to its sink",
+            hop.listen,
+            Some(hop.gate.pid()),
+        ));
+    }
     let mut comparisons = Vec::new();
+    let mut tls_costs = Vec::new();
     for &sessions in &opts.sessions {
         let mut rates = vec![Vec::new(); paths.len()];
         let mut cpu = vec![Vec::new(); paths.len()];
@@ -226,9 +261,15 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
             for k in order {
                 let (_, addr, pid) = &paths[k];
                 let before = pid.and_then(thread_run_seconds);
-                let rate = deliver(*addr, sessions, opts.messages, body.clone())
-                    .await
-                    .with_context(|| format!("{} at {sessions} sessions", paths[k].0))?;
+                let rate = deliver(
+                    *addr,
+                    sessions,
+                    opts.messages,
+                    opts.per_connection,
+                    body.clone(),
+                )
+                .await
+                .with_context(|| format!("{} at {sessions} sessions", paths[k].0))?;
                 rates[k].push(rate);
                 if let (Some(b), Some(a)) = (before, pid.and_then(thread_run_seconds)) {
                     cpu[k].push((a - b) / opts.messages as f64 * 1e6);
@@ -252,8 +293,16 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         if haproxy.is_some() {
             comparisons.push((
                 sessions,
-                paired_ratios(&rates[2], &rates[1]),
-                paired_ratios(&cpu[2], &cpu[1]),
+                paired_ratios(&rates[mxgate_k], &rates[1]),
+                paired_ratios(&cpu[mxgate_k], &cpu[1]),
+            ));
+        }
+        if tls_hop.is_some() {
+            let tls_k = mxgate_k + 1;
+            tls_costs.push((
+                sessions,
+                paired_ratios(&rates[tls_k], &rates[mxgate_k]),
+                paired_ratios(&cpu[tls_k], &cpu[mxgate_k]),
             ));
         }
     }
@@ -266,7 +315,20 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
             median(&mut cpu.clone()),
         );
     }
+    for (sessions, rate, cpu) in tls_costs {
+        let ((rate_low, rate_high), (cpu_low, cpu_high)) =
+            (median_interval(&rate), median_interval(&cpu));
+        println!(
+            "at {sessions} sessions, mxgate with STARTTLS to its sink / mxgate with a plain hop, within each rep: message rate {:.3} ({rate_low:.3} - {rate_high:.3}), mxgate's CPU per message {:.3} ({cpu_low:.3} - {cpu_high:.3})",
+            median(&mut rate.clone()),
+            median(&mut cpu.clone()),
+        );
+    }
     gate.stop().await?;
+    if let Some(hop) = tls_hop {
+        hop.gate.stop().await?;
+        hop.sink.stop().await;
+    }
     if let Some((mut child, _)) = haproxy {
         let _ = child.signal_and_wait("TERM", Duration::from_secs(10)).await;
     }
@@ -293,6 +355,45 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         idle.per_session_kib
     );
     Ok(())
+}
+
+/// A second mxgate whose hop to a sink of its own is in TLS: `[backend.tls]` with STARTTLS, the
+/// sink's certificate (made here for 127.0.0.1) as the one trusted.
+struct TlsHop {
+    sink: Sink,
+    gate: MxgateProcess,
+    listen: SocketAddr,
+}
+
+impl TlsHop {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<TlsHop> {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+        let ca = dir.join("sink-cert.pem");
+        std::fs::write(&ca, certified.cert.pem())?;
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
+        let sink = Sink::start(SinkConfig {
+            tls: Some(Arc::new(server)),
+            keep_bodies: false,
+            keep_messages: false,
+            ..SinkConfig::loopback()
+        })
+        .await?;
+        let policy = dir.join("bench-policy-tls.toml");
+        let table = format!("\n[backend.tls]\nmode = \"starttls\"\nca = {:?}\n", ca);
+        std::fs::write(&policy, format!("{BENCH_POLICY}{table}"))?;
+        let listen = free_addr()?;
+        let policy_arg = policy.display().to_string();
+        let gate =
+            MxgateProcess::start_quiet(listen, sink.addr(), &["--policy", &policy_arg]).await?;
+        Ok(TlsHop { sink, gate, listen })
+    }
 }
 
 struct IdleMemory {

@@ -48,7 +48,8 @@ struct Queued {
 /// Longest a sender waits for a connection or a reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts population `index` against `target`; the tasks end by `clock.hard_end`.
+/// Starts population `index` against `target`; the tasks end by `clock.hard_end`, but for a
+/// connection opened just before it, which is seen through to its outcome.
 pub fn spawn(
     index: usize,
     population: &Population,
@@ -174,8 +175,12 @@ impl Sender {
                 break;
             }
             sleep_until(next_try).await;
-            let session =
-                timeout_at(self.clock.hard_end, self.session(&mut queue, &mut incoming)).await;
+            // A connection opened is seen through to its outcome (bounded by REPLY_TIMEOUT), even
+            // past the run's end: mxgate has decided about it, and the counts must agree.
+            let (outcome, opened) = self.open().await;
+            self.stats.connection(outcome, self.clock.second());
+            let delivered = self.session(outcome, opened, &mut queue, &mut incoming);
+            let session = timeout_at(self.clock.hard_end, delivered).await;
             match session {
                 Ok(SessionEnd::Done) | Ok(SessionEnd::CutOff) => {
                     backoff = self.population.backoff;
@@ -232,15 +237,15 @@ impl Sender {
         }
     }
 
-    /// One connection: delivers from the front of the queue until the queue, the sender's own
-    /// batch size or the server's limit is exhausted.
+    /// One connection, opened with `outcome`: delivers from the front of the queue until the
+    /// queue, the sender's own batch size or the server's limit is exhausted.
     async fn session(
         &self,
+        outcome: ConnectionOutcome,
+        opened: Option<(SmtpClient<TcpStream>, Reply)>,
         queue: &mut VecDeque<Queued>,
         incoming: &mut mpsc::UnboundedReceiver<Queued>,
     ) -> SessionEnd {
-        let (outcome, opened) = self.open().await;
-        self.stats.connection(outcome, self.clock.second());
         let Some((mut client, ehlo)) = opened else {
             if outcome == ConnectionOutcome::Refused {
                 // A 5xx at connect is permanent: a real MTA returns the mail to its senders.

@@ -307,21 +307,15 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         }
     }
     for (sessions, rate, cpu) in comparisons {
-        let ((rate_low, rate_high), (cpu_low, cpu_high)) =
-            (median_interval(&rate), median_interval(&cpu));
         println!(
-            "\nat {sessions} sessions, mxgate / haproxy within each rep (median, 95% interval of the median): message rate {:.3} ({rate_low:.3} - {rate_high:.3}), CPU per message {:.3} ({cpu_low:.3} - {cpu_high:.3})",
-            median(&mut rate.clone()),
-            median(&mut cpu.clone()),
+            "\nat {sessions} sessions, mxgate / haproxy within each rep (median, 95% interval of the median): {}",
+            ratios_summary(&rate, &cpu)
         );
     }
     for (sessions, rate, cpu) in tls_costs {
-        let ((rate_low, rate_high), (cpu_low, cpu_high)) =
-            (median_interval(&rate), median_interval(&cpu));
         println!(
-            "at {sessions} sessions, mxgate with STARTTLS to its sink / mxgate with a plain hop, within each rep: message rate {:.3} ({rate_low:.3} - {rate_high:.3}), mxgate's CPU per message {:.3} ({cpu_low:.3} - {cpu_high:.3})",
-            median(&mut rate.clone()),
-            median(&mut cpu.clone()),
+            "at {sessions} sessions, mxgate with STARTTLS to its sink / mxgate with a plain hop, within each rep: {}",
+            ratios_summary(&rate, &cpu)
         );
     }
     gate.stop().await?;
@@ -355,6 +349,17 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
         idle.per_session_kib
     );
     Ok(())
+}
+
+/// Paired ratios of message rate and CPU per message: their medians and 95% intervals.
+fn ratios_summary(rate: &[f64], cpu: &[f64]) -> String {
+    let ((rate_low, rate_high), (cpu_low, cpu_high)) =
+        (median_interval(rate), median_interval(cpu));
+    format!(
+        "message rate {:.3} ({rate_low:.3} - {rate_high:.3}), CPU per message {:.3} ({cpu_low:.3} - {cpu_high:.3})",
+        median(&mut rate.to_vec()),
+        median(&mut cpu.to_vec()),
+    )
 }
 
 /// A second mxgate whose hop to a sink of its own is in TLS: `[backend.tls]` with STARTTLS, the

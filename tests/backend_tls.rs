@@ -1,6 +1,7 @@
 //! TLS on the hop to the backend (`[backend.tls]`): STARTTLS or implicit TLS with the sink, the
 //! client announced by PROXY v2 or XCLIENT. A backend that cannot do TLS as asked, or whose
-//! certificate does not verify, costs the client a `421 4.3.2`, never a message in the clear.
+//! certificate does not verify, or that sends bytes in the clear behind its `220` to STARTTLS,
+//! costs the client a `421 4.3.2`, never a message in the clear.
 
 mod common;
 
@@ -166,4 +167,54 @@ async fn no_tls_as_asked_means_421_and_nothing_sent() {
         );
         gate.stop().await;
     }
+}
+
+/// A backend that answers STARTTLS with `220` and, in the same write, a reply in the clear: the
+/// bytes an attacker on the path would inject to have them read as if inside TLS (CVE-2011-0411).
+/// mxgate must not start TLS on top of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_in_the_clear_behind_starttls_are_refused() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut stream = BufReader::new(stream);
+        let mut commands = Vec::new();
+        stream.write_all(b"220 fake.test ESMTP\r\n").await.unwrap();
+        let replies: [&[u8]; 2] = [
+            b"250-fake.test\r\n250 STARTTLS\r\n",
+            b"220 2.0.0 Ready to start TLS\r\n250 2.1.0 injected\r\n",
+        ];
+        for reply in replies {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            commands.push(line);
+            stream.write_all(reply).await.unwrap();
+        }
+        // What mxgate does next: nothing (it closes), or a TLS ClientHello.
+        let mut rest = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await;
+        (commands, rest)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = certificate(dir.path(), "ca", &["127.0.0.1"]);
+    let mut text = policy_text(backend, "none", "", "");
+    text.push_str(&format!(
+        "\n[backend.tls]\nmode = \"starttls\"\nca = {ca:?}\n"
+    ));
+    let policy = Policy::parse("backend-tls", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let gate = Gate::start(policy).await;
+
+    let mut client = gate.connect("127.0.0.26").await;
+    let reply = client.read_reply().await.unwrap();
+    assert_eq!(reply.code, 421, "{reply}");
+    assert!(reply.text.contains("4.3.2"), "{reply}");
+    let (commands, rest) = tokio::time::timeout(WAIT, fake).await.unwrap().unwrap();
+    assert_eq!(commands, ["EHLO mx.test\r\n", "STARTTLS\r\n"]);
+    assert!(
+        rest.is_empty(),
+        "mxgate went on after the injected bytes: {rest:?}"
+    );
+    gate.stop().await;
 }

@@ -159,7 +159,7 @@ async fn admin_api_metrics_health_explain_and_reload() {
     )
     .await;
     assert_eq!(
-        samples.get("mxgate_backend_connect_failures_total"),
+        samples.get("mxgate_backend_connect_failures_total{reason=\"connect\"}"),
         Some(&1.0)
     );
     assert_eq!(

@@ -32,6 +32,21 @@ pub enum BackendError {
     Tls { addr: SocketAddr, detail: String },
 }
 
+impl BackendError {
+    /// The failure as a label of `mxgate_backend_connect_failures_total` (a shortage of
+    /// descriptors is mxgate's own, counted in `mxgate_out_of_descriptors_total` instead).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendError::Connect { .. } => "connect",
+            BackendError::NoDescriptor { .. } => "no_descriptor",
+            BackendError::ConnectTimeout { .. } => "timeout",
+            BackendError::Io { .. } => "io",
+            BackendError::Xclient { .. } => "xclient",
+            BackendError::Tls { .. } => "tls",
+        }
+    }
+}
+
 /// A connected backend and the bytes it already sent that the relay must read (its greeting).
 pub struct Backend {
     pub stream: BackendStream,

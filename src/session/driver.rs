@@ -105,7 +105,7 @@ pub async fn run(mut client: TcpStream, mut setup: SessionSetup) -> SessionRepor
         Err(e) => {
             match e {
                 BackendError::NoDescriptor { .. } => telemetry::out_of_descriptors("backend"),
-                _ => telemetry::backend_connect_failed(),
+                _ => telemetry::backend_connect_failed(e.reason()),
             }
             tracing::warn!(client = %setup.client_addr, error = %e, "backend unavailable");
             let host = &policy.server.hostname;

@@ -53,7 +53,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (DNSBL_ERRORS, "counter", "DNS list answers that were errors (127.255.255.x, outside 127/8), by zone: never counted as listings."),
     (DNSBL_CACHE, "counter", "DNS list cache lookups by result (hit, miss)."),
     (DNSBL_USABLE, "gauge", "1 while a DNS list passes its self-test and is used for scoring, by zone."),
-    (BACKEND_CONNECT_FAILURES, "counter", "Connections to the backend that failed, timed out, or got no TLS as [backend.tls] asks (the client got 421 4.3.2)."),
+    (BACKEND_CONNECT_FAILURES, "counter", "Connections to the backend that failed (the client got 421 4.3.2), by reason: connect, timeout, io, xclient, tls."),
     (OUT_OF_DESCRIPTORS, "counter", "Sockets mxgate could not open for want of file descriptors or kernel memory, by where: accept (the connection waits in the listen queue; retried every 100 ms) or backend (the client got 421 4.3.2)."),
     (TLS_HANDSHAKES, "counter", "STARTTLS handshakes by result (ok, failed)."),
     (POLICY_RELOADS, "counter", "Policy reloads by result (ok, invalid: refused by validation, failed: DNS lists could not be set up)."),
@@ -141,8 +141,9 @@ pub fn policy_reload(result: &'static str) {
     counter!(POLICY_RELOADS, "result" => result).increment(1);
 }
 
-pub fn backend_connect_failed() {
-    counter!(BACKEND_CONNECT_FAILURES).increment(1);
+/// A backend connection that failed before the session, for `reason` (see `BackendError::reason`).
+pub fn backend_connect_failed(reason: &'static str) {
+    counter!(BACKEND_CONNECT_FAILURES, "reason" => reason).increment(1);
 }
 
 /// A socket not opened for want of descriptors, at `at` ("accept" or "backend").

@@ -218,3 +218,30 @@ async fn bytes_in_the_clear_behind_starttls_are_refused() {
     );
     gate.stop().await;
 }
+
+/// Without `server_name`, the certificate is checked against the address mxgate connects to: the
+/// one `--backend` gives, not the policy file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_name_follows_the_backend_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), SinkTls::Starttls, "v2").await;
+    let ca = dir.path().join("sink-cert.pem");
+    // The file names another address; the certificate carries only the sink's, 127.0.0.1.
+    let mut text = policy_text("127.0.0.9:25".parse().unwrap(), "v2", "", "");
+    text.push_str(&format!(
+        "\n[backend.tls]\nmode = \"starttls\"\nca = {ca:?}\n"
+    ));
+    let policy = Policy::parse("backend-tls", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let overrides = mxgate::policy::Overrides {
+        backend: Some(sink.addr()),
+        ..Default::default()
+    };
+    let gate = Gate::start(overrides.apply(policy)).await;
+
+    let mut client = gate.client_from("127.0.0.27").await;
+    assert_eq!(client.command("EHLO client.test").await.unwrap().code, 250);
+    common::deliver(&mut client).await;
+    assert!(sink.wait_until(WAIT, |m, _| m.len() == 1).await);
+    assert!(sink.sessions()[0].tls);
+    gate.stop().await;
+}

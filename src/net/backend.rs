@@ -130,7 +130,7 @@ pub async fn connect(
     let (mut stream, greeted) = match &policy.tls {
         None => (BackendStream::Plain(stream), false),
         Some(tls) => {
-            let started = start_tls(stream, tls, &mut pending_input, helo_name);
+            let started = start_tls(stream, tls, addr.ip(), &mut pending_input, helo_name);
             match timeout(policy.reply_timeout, started).await {
                 Ok(Ok(started)) => started,
                 Ok(Err(detail)) => return Err(BackendError::Tls { addr, detail }),
@@ -172,6 +172,7 @@ pub async fn connect(
 async fn start_tls(
     mut stream: TcpStream,
     tls: &BackendTls,
+    backend: IpAddr,
     greeting: &mut BytesMut,
     helo_name: &str,
 ) -> Result<(BackendStream, bool), String> {
@@ -209,7 +210,7 @@ async fn start_tls(
             true
         }
     };
-    match backend_tls::handshake(stream, tls).await {
+    match backend_tls::handshake(stream, tls, backend).await {
         Ok(tls_stream) => Ok((BackendStream::Tls(Box::new(tls_stream)), greeted)),
         Err(e) => Err(format!("TLS handshake: {e}")),
     }

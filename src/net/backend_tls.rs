@@ -16,8 +16,18 @@ use tokio_rustls::client::TlsStream;
 pub struct BackendTls {
     pub mode: BackendTlsMode,
     pub config: Arc<rustls::ClientConfig>,
-    /// What the backend's certificate is checked against: a DNS name or an IP address.
-    pub server_name: ServerName<'static>,
+    /// The name the backend's certificate must carry (a DNS name or an IP address); when `None`,
+    /// the backend's IP address, whatever it is at the time (`--backend` may change it).
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl BackendTls {
+    /// The name the certificate of the backend at `backend` is checked against.
+    pub fn name_for(&self, backend: IpAddr) -> ServerName<'static> {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(backend.into()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +40,12 @@ pub enum BackendTlsError {
     Config { reason: String },
 }
 
-/// Builds the client side of the backend hop. `server_name` defaults to `backend_ip`, which the
-/// certificate must then carry as an IP address.
+/// Builds the client side of the backend hop. Without `server_name`, the certificate must carry
+/// the backend's IP address.
 pub fn client_setup(
     mode: BackendTlsMode,
     ca: &Path,
     server_name: Option<&str>,
-    backend_ip: IpAddr,
 ) -> Result<BackendTls, BackendTlsError> {
     let ca_error = |reason: String| BackendTlsError::Ca {
         path: ca.to_owned(),
@@ -53,12 +62,12 @@ pub fn client_setup(
         roots.add(anchor).map_err(|e| ca_error(e.to_string()))?;
     }
     let server_name = match server_name {
-        Some(name) => {
-            ServerName::try_from(name.to_owned()).map_err(|_| BackendTlsError::ServerName {
+        Some(name) => Some(ServerName::try_from(name.to_owned()).map_err(|_| {
+            BackendTlsError::ServerName {
                 name: name.to_owned(),
-            })?
-        }
-        None => ServerName::IpAddress(backend_ip.into()),
+            }
+        })?),
+        None => None,
     };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -76,10 +85,14 @@ pub fn client_setup(
     })
 }
 
-/// The TLS handshake with the backend over `stream`, its certificate checked.
-pub async fn handshake(stream: TcpStream, tls: &BackendTls) -> io::Result<TlsStream<TcpStream>> {
+/// The TLS handshake with the backend at `backend` over `stream`, its certificate checked.
+pub async fn handshake(
+    stream: TcpStream,
+    tls: &BackendTls,
+    backend: IpAddr,
+) -> io::Result<TlsStream<TcpStream>> {
     tokio_rustls::TlsConnector::from(tls.config.clone())
-        .connect(tls.server_name.clone(), stream)
+        .connect(tls.name_for(backend), stream)
         .await
 }
 
@@ -100,20 +113,22 @@ mod tests {
         let ca = pem_file(dir.path(), &cert.cert.pem());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
 
-        let by_ip = client_setup(BackendTlsMode::Starttls, &ca, None, ip).unwrap();
-        assert_eq!(by_ip.server_name, ServerName::IpAddress(ip.into()));
-        let by_name = client_setup(BackendTlsMode::Implicit, &ca, Some("mta.test"), ip).unwrap();
-        assert_eq!(by_name.server_name.to_str(), "mta.test");
+        let by_ip = client_setup(BackendTlsMode::Starttls, &ca, None).unwrap();
+        assert_eq!(by_ip.name_for(ip), ServerName::IpAddress(ip.into()));
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(by_ip.name_for(other), ServerName::IpAddress(other.into()));
+        let by_name = client_setup(BackendTlsMode::Implicit, &ca, Some("mta.test")).unwrap();
+        assert_eq!(by_name.name_for(ip).to_str(), "mta.test");
 
-        let bad_name = client_setup(BackendTlsMode::Starttls, &ca, Some("not a name"), ip);
+        let bad_name = client_setup(BackendTlsMode::Starttls, &ca, Some("not a name"));
         assert!(matches!(bad_name, Err(BackendTlsError::ServerName { .. })));
         let empty = pem_file(dir.path(), "nothing here\n");
-        let error = client_setup(BackendTlsMode::Starttls, &empty, None, ip).unwrap_err();
+        let error = client_setup(BackendTlsMode::Starttls, &empty, None).unwrap_err();
         assert!(
             error.to_string().contains("no CERTIFICATE block"),
             "{error}"
         );
-        let missing = client_setup(BackendTlsMode::Starttls, &dir.path().join("nope"), None, ip);
+        let missing = client_setup(BackendTlsMode::Starttls, &dir.path().join("nope"), None);
         assert!(matches!(missing, Err(BackendTlsError::Ca { .. })));
     }
 }

@@ -532,7 +532,6 @@ pub(super) fn validate(
             tls.mode,
             &resolve(tls.ca.get_ref(), base_dir),
             name.map(|n| n.get_ref().as_str()),
-            file.backend.address.ip(),
         ) {
             Ok(setup) => Some(setup),
             Err(e) => {

@@ -6,7 +6,8 @@ use crate::net::backend_stream::BackendStream;
 use crate::net::backend_tls::{self, BackendTls};
 use crate::net::descriptors;
 use crate::policy::{BackendPolicy, BackendTlsMode, ClientAddressMode};
-use crate::session::codec::{reply_texts, scan_reply};
+use crate::session::codec::scan_reply;
+use crate::session::ehlo;
 use bytes::BytesMut;
 use ppp::v2;
 use std::io;
@@ -133,7 +134,12 @@ pub async fn connect(
             let started = start_tls(stream, tls, addr.ip(), &mut pending_input, helo_name);
             match timeout(policy.reply_timeout, started).await {
                 Ok(Ok(started)) => started,
-                Ok(Err(detail)) => return Err(BackendError::Tls { addr, detail }),
+                Ok(Err(e)) => {
+                    return Err(BackendError::Tls {
+                        addr,
+                        detail: e.to_string(),
+                    })
+                }
                 Err(_) => {
                     return Err(BackendError::Tls {
                         addr,
@@ -149,7 +155,7 @@ pub async fn connect(
         let exchange = xclient(&mut stream, &mut pending_input, client, helo_name, greeted);
         match timeout(policy.reply_timeout, exchange).await {
             Ok(result) => result.map_err(|e| match e {
-                ExchangeError::Io(source) => BackendError::Io { addr, source },
+                ExchangeError::Io { source, .. } => BackendError::Io { addr, source },
                 ExchangeError::Refused(detail) => BackendError::Xclient { addr, detail },
             })?,
             Err(_) => {
@@ -167,42 +173,30 @@ pub async fn connect(
 }
 
 /// Starts TLS with the backend as `tls.mode` says. With STARTTLS the backend's greeting, read
-/// first, is appended to `greeting` for the client, and the second value is true. Errors are
-/// details for [`BackendError::Tls`].
+/// first, is appended to `greeting` for the client, and the second value is true.
 async fn start_tls(
     mut stream: TcpStream,
     tls: &BackendTls,
     backend: IpAddr,
     greeting: &mut BytesMut,
     helo_name: &str,
-) -> Result<(BackendStream, bool), String> {
+) -> Result<(BackendStream, bool), ExchangeError> {
     let greeted = match tls.mode {
         BackendTlsMode::Implicit => false,
         BackendTlsMode::Starttls => {
             let mut buf = BytesMut::with_capacity(512);
-            let (code, raw) = read_reply(&mut stream, &mut buf)
-                .await
-                .map_err(|e| e.detail("greeting"))?;
-            if code != 220 {
-                return Err(refusal("greeting", &raw));
-            }
+            let first = greet_and_ehlo(&mut stream, &mut buf, helo_name, false, "STARTTLS").await?;
             // The greeting goes to the client after TLS, as the backend's first words.
-            greeting.extend_from_slice(&raw);
-            let ehlo = format!("EHLO {helo_name}\r\n");
-            let (code, raw) = exchange(&mut stream, &mut buf, ehlo.as_bytes(), "EHLO").await?;
-            let offers_starttls =
-                reply_texts(&raw).any(|t| t.len() >= 8 && t[..8].eq_ignore_ascii_case(b"STARTTLS"));
-            if code != 250 || !offers_starttls {
-                return Err(refusal("EHLO reply has no STARTTLS", &raw));
-            }
-            let (code, raw) = exchange(&mut stream, &mut buf, b"STARTTLS\r\n", "STARTTLS").await?;
+            greeting.extend_from_slice(&first);
+            send(&mut stream, b"STARTTLS\r\n", "STARTTLS").await?;
+            let (code, raw) = read_reply(&mut stream, &mut buf, "STARTTLS").await?;
             if code != 220 {
-                return Err(refusal("STARTTLS", &raw));
+                return Err(refused("STARTTLS", &raw));
             }
             if !buf.is_empty() {
                 // Bytes sent in the clear behind the 220 would be taken into the TLS session as if
                 // they came inside it (CVE-2011-0411).
-                return Err(refusal(
+                return Err(refused(
                     "bytes in the clear after the 220 to STARTTLS",
                     &buf,
                 ));
@@ -212,22 +206,37 @@ async fn start_tls(
     };
     match backend_tls::handshake(stream, tls, backend).await {
         Ok(tls_stream) => Ok((BackendStream::Tls(Box::new(tls_stream)), greeted)),
-        Err(e) => Err(format!("TLS handshake: {e}")),
+        Err(source) => Err(ExchangeError::Io {
+            during: "TLS handshake",
+            source,
+        }),
     }
 }
 
-/// Sends `command` and reads its reply: its code and bytes. Errors are details naming `what`.
-async fn exchange(
-    stream: &mut TcpStream,
+/// The backend's greeting, which must be a 220 (unless `greeted`: read already, before
+/// STARTTLS), then mxgate's EHLO, whose reply must be a 250 offering `extension`. Returns the
+/// greeting (empty if `greeted`).
+async fn greet_and_ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
-    command: &[u8],
-    what: &str,
-) -> Result<(u16, BytesMut), String> {
-    stream
-        .write_all(command)
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
-    read_reply(stream, buf).await.map_err(|e| e.detail(what))
+    helo_name: &str,
+    greeted: bool,
+    extension: &str,
+) -> Result<BytesMut, ExchangeError> {
+    let mut greeting = BytesMut::new();
+    if !greeted {
+        let (code, raw) = read_reply(stream, buf, "greeting").await?;
+        if code != 220 {
+            return Err(refused("greeting", &raw));
+        }
+        greeting = raw;
+    }
+    send(stream, format!("EHLO {helo_name}\r\n").as_bytes(), "EHLO").await?;
+    let (code, raw) = read_reply(stream, buf, "EHLO").await?;
+    if code != 250 || !ehlo::offers(&raw, extension.as_bytes()) {
+        return Err(refused(&format!("EHLO reply has no {extension}"), &raw));
+    }
+    Ok(greeting)
 }
 
 /// A refusal's detail: what was refused and the backend's reply, its lines joined by ` | ` so
@@ -236,6 +245,10 @@ fn refusal(what: &str, raw: &[u8]) -> String {
     let reply = String::from_utf8_lossy(raw);
     let lines: Vec<&str> = reply.lines().map(str::trim_end).collect();
     format!("{what}: {}", lines.join(" | "))
+}
+
+fn refused(what: &str, raw: &[u8]) -> ExchangeError {
+    ExchangeError::Refused(refusal(what, raw))
 }
 
 /// How long a session waits for the backend to close the connection after QUIT.
@@ -252,33 +265,53 @@ pub async fn until_closed<S: AsyncRead + Unpin>(stream: &mut S) {
 
 /// What went wrong in an exchange of commands and replies before the session.
 enum ExchangeError {
-    Io(io::Error),
+    /// A read or write failed `during` a step.
+    Io {
+        during: &'static str,
+        source: io::Error,
+    },
+    /// The backend refused, answered garbage or closed; the detail names the step.
     Refused(String),
 }
 
-impl ExchangeError {
-    /// The error as a detail naming `what` was being read.
-    fn detail(self, what: &str) -> String {
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExchangeError::Io(e) => format!("{what}: {e}"),
-            ExchangeError::Refused(detail) => format!("{what}: {detail}"),
+            ExchangeError::Io { during, source } => write!(f, "{during}: {source}"),
+            ExchangeError::Refused(detail) => f.write_str(detail),
         }
     }
 }
 
-/// Reads one reply, returning its code and raw bytes, consumed from `buf`.
+/// Writes `command`, `during` a step.
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    command: &[u8],
+    during: &'static str,
+) -> Result<(), ExchangeError> {
+    stream
+        .write_all(command)
+        .await
+        .map_err(|source| ExchangeError::Io { during, source })
+}
+
+/// Reads one reply `during` a step, returning its code and raw bytes, consumed from `buf`.
 async fn read_reply<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
+    during: &'static str,
 ) -> Result<(u16, BytesMut), ExchangeError> {
     loop {
         match scan_reply(buf) {
             Ok(Some(reply)) => return Ok((reply.code, buf.split_to(reply.len))),
             Ok(None) => {}
-            Err(e) => return Err(ExchangeError::Refused(e.to_string())),
+            Err(e) => return Err(ExchangeError::Refused(format!("{during}: {e}"))),
         }
-        if stream.read_buf(buf).await.map_err(ExchangeError::Io)? == 0 {
-            return Err(ExchangeError::Refused("connection closed".into()));
+        let read = stream.read_buf(buf).await;
+        if read.map_err(|source| ExchangeError::Io { during, source })? == 0 {
+            return Err(ExchangeError::Refused(format!(
+                "{during}: connection closed"
+            )));
         }
     }
 }
@@ -293,23 +326,7 @@ async fn xclient<S: AsyncRead + AsyncWrite + Unpin>(
     helo_name: &str,
     greeted: bool,
 ) -> Result<(), ExchangeError> {
-    let refused = |what: &str, raw: &[u8]| ExchangeError::Refused(refusal(what, raw));
-    if !greeted {
-        let (code, raw) = read_reply(stream, buf).await?;
-        if code != 220 {
-            return Err(refused("greeting", &raw));
-        }
-    }
-    stream
-        .write_all(format!("EHLO {helo_name}\r\n").as_bytes())
-        .await
-        .map_err(ExchangeError::Io)?;
-    let (code, raw) = read_reply(stream, buf).await?;
-    let offers_xclient =
-        reply_texts(&raw).any(|t| t.len() >= 7 && t[..7].eq_ignore_ascii_case(b"XCLIENT"));
-    if code != 250 || !offers_xclient {
-        return Err(refused("EHLO reply has no XCLIENT", &raw));
-    }
+    greet_and_ehlo(stream, buf, helo_name, greeted, "XCLIENT").await?;
     let client = canonical(client);
     let addr = match client.ip() {
         IpAddr::V4(v4) => v4.to_string(),
@@ -319,24 +336,17 @@ async fn xclient<S: AsyncRead + AsyncWrite + Unpin>(
         "XCLIENT ADDR={addr} PORT={} NAME=[UNAVAILABLE]\r\n",
         client.port()
     );
-    stream
-        .write_all(command.as_bytes())
-        .await
-        .map_err(ExchangeError::Io)?;
-    // Leave the new greeting unread: it is the first thing the relay passes to the client.
-    loop {
-        match scan_reply(buf) {
-            Ok(Some(reply)) if reply.code == 220 => return Ok(()),
-            Ok(Some(reply)) => return Err(refused("XCLIENT", &buf[..reply.len])),
-            Ok(None) => {}
-            Err(e) => return Err(ExchangeError::Refused(e.to_string())),
-        }
-        if stream.read_buf(buf).await.map_err(ExchangeError::Io)? == 0 {
-            return Err(ExchangeError::Refused(
-                "connection closed after XCLIENT".into(),
-            ));
-        }
+    send(stream, command.as_bytes(), "XCLIENT").await?;
+    let (code, greeting) = read_reply(stream, buf, "XCLIENT").await?;
+    if code != 220 {
+        return Err(refused("XCLIENT", &greeting));
     }
+    // The new greeting is the first thing the relay passes to the client: back in front of
+    // whatever came after it (contiguous, so no copy).
+    let rest = buf.split();
+    *buf = greeting;
+    buf.unsplit(rest);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ fn keyword(text: &[u8]) -> &[u8] {
     &text[..end]
 }
 
+/// Whether an EHLO reply (`raw`, all lines with CRLFs) offers the extension `wanted`, in any case.
+/// The first line names the server; the extensions follow it.
+pub fn offers(raw: &[u8], wanted: &[u8]) -> bool {
+    reply_texts(raw)
+        .skip(1)
+        .any(|text| keyword(text).eq_ignore_ascii_case(wanted))
+}
+
 /// The client's EHLO reply made from the backend's positive one (`raw`, all lines with CRLFs).
 pub fn rewrite_ehlo(raw: &[u8], code: u16, offer: EhloOffer) -> Vec<u8> {
     let mut texts: Vec<&[u8]> = Vec::with_capacity(16);
@@ -62,6 +70,17 @@ mod tests {
     const POSTFIX: &[u8] = b"250-mx.backend\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n\
 250-ETRN\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-XCLIENT NAME ADDR\r\n\
 250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
+
+    #[test]
+    fn offers_matches_whole_keywords() {
+        assert!(offers(POSTFIX, b"STARTTLS"));
+        assert!(offers(POSTFIX, b"xclient"));
+        assert!(offers(POSTFIX, b"SIZE"));
+        assert!(!offers(POSTFIX, b"XFORWARD"));
+        assert!(!offers(b"250-mx\r\n250 STARTTLSX\r\n", b"STARTTLS"));
+        // The first line is the backend's name, not an extension.
+        assert!(!offers(b"250-STARTTLS\r\n250 SIZE 1\r\n", b"STARTTLS"));
+    }
 
     #[test]
     fn hides_and_adds() {

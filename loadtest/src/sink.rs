@@ -328,12 +328,8 @@ async fn serve(
         let early = std::io::Cursor::new(buf.split().freeze());
         let (reader, writer) = stream.into_split();
         let joined = tokio::io::join(AsyncReadExt::chain(early, reader), writer);
-        let mut tls_stream = tokio_rustls::TlsAcceptor::from(tls).accept(joined).await?;
-        mark_tls(&mut session, shared);
-        tls_stream.write_all(greeting(shared).as_bytes()).await?;
-        converse(&mut tls_stream, &mut buf, &mut session, shared).await?;
-        let _ = tls_stream.shutdown().await;
-        return Ok(());
+        let tls_stream = tokio_rustls::TlsAcceptor::from(tls).accept(joined).await?;
+        return in_tls(tls_stream, true, &mut buf, &mut session, shared).await;
     }
     stream.write_all(greeting(shared).as_bytes()).await?;
     match converse(&mut stream, &mut buf, &mut session, shared).await? {
@@ -341,19 +337,23 @@ async fn serve(
             let Some(tls) = shared.config.tls.clone() else {
                 return Ok(());
             };
-            let mut tls_stream = tokio_rustls::TlsAcceptor::from(tls).accept(stream).await?;
-            mark_tls(&mut session, shared);
-            buf.clear();
-            converse(&mut tls_stream, &mut buf, &mut session, shared).await?;
-            let _ = tls_stream.shutdown().await;
+            let tls_stream = tokio_rustls::TlsAcceptor::from(tls).accept(stream).await?;
+            in_tls(tls_stream, false, &mut buf, &mut session, shared).await?;
         }
         After::Quit | After::Continue | After::Crash | After::Stall => {}
     }
     Ok(())
 }
 
-/// The session is in TLS from here: it starts over with EHLO, and its record says so.
-fn mark_tls(session: &mut Session, shared: &Shared) {
+/// The rest of the session over `tls_stream`: it starts over with EHLO (after the greeting, when
+/// `greet`: implicit TLS), its record says TLS, and it ends with TLS's close_notify.
+async fn in_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tls_stream: tokio_rustls::server::TlsStream<S>,
+    greet: bool,
+    buf: &mut BytesMut,
+    session: &mut Session,
+    shared: &Shared,
+) -> io::Result<()> {
     session.tls = true;
     session.greeted = false;
     shared.update(|r| {
@@ -361,6 +361,14 @@ fn mark_tls(session: &mut Session, shared: &Shared) {
             s.tls = true;
         }
     });
+    // Whatever was read in the clear is not part of the TLS session.
+    buf.clear();
+    if greet {
+        tls_stream.write_all(greeting(shared).as_bytes()).await?;
+    }
+    converse(&mut tls_stream, buf, session, shared).await?;
+    let _ = tls_stream.shutdown().await;
+    Ok(())
 }
 
 fn greeting(shared: &Shared) -> String {

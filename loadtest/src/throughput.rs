@@ -215,11 +215,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     })
     .await?;
     let haproxy = start_haproxy(dir, sink.addr()).await?;
-    let policy = dir.join("bench-policy.toml");
-    std::fs::write(&policy, BENCH_POLICY)?;
-    let listen = free_addr()?;
-    let policy_arg = policy.display().to_string();
-    let gate = MxgateProcess::start_quiet(listen, sink.addr(), &["--policy", &policy_arg]).await?;
+    let (gate, listen) = start_gate(dir, "bench-policy.toml", BENCH_POLICY, sink.addr()).await?;
     let tls_hop = match opts.backend_tls {
         true => Some(TlsHop::start(dir).await?),
         false => None,
@@ -351,6 +347,22 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// mxgate (only warnings logged) on a free loopback address in front of `backend`, its policy
+/// `text` written to `file` in `dir`.
+async fn start_gate(
+    dir: &std::path::Path,
+    file: &str,
+    text: &str,
+    backend: SocketAddr,
+) -> anyhow::Result<(MxgateProcess, SocketAddr)> {
+    let policy = dir.join(file);
+    std::fs::write(&policy, text)?;
+    let listen = free_addr()?;
+    let policy_arg = policy.display().to_string();
+    let gate = MxgateProcess::start_quiet(listen, backend, &["--policy", &policy_arg]).await?;
+    Ok((gate, listen))
+}
+
 /// Paired ratios of message rate and CPU per message: their medians and 95% intervals.
 fn ratios_summary(rate: &[f64], cpu: &[f64]) -> String {
     let ((rate_low, rate_high), (cpu_low, cpu_high)) =
@@ -390,13 +402,9 @@ impl TlsHop {
             ..SinkConfig::loopback()
         })
         .await?;
-        let policy = dir.join("bench-policy-tls.toml");
         let table = format!("\n[backend.tls]\nmode = \"starttls\"\nca = {:?}\n", ca);
-        std::fs::write(&policy, format!("{BENCH_POLICY}{table}"))?;
-        let listen = free_addr()?;
-        let policy_arg = policy.display().to_string();
-        let gate =
-            MxgateProcess::start_quiet(listen, sink.addr(), &["--policy", &policy_arg]).await?;
+        let policy = format!("{BENCH_POLICY}{table}");
+        let (gate, listen) = start_gate(dir, "bench-policy-tls.toml", &policy, sink.addr()).await?;
         Ok(TlsHop { sink, gate, listen })
     }
 }
@@ -423,17 +431,11 @@ async fn idle_memory(dir: &std::path::Path, sessions: usize) -> anyhow::Result<I
     .context("cannot start a sink process")?;
     wait_listening(sink_addr).await?;
     let _ = mxgate_binary()?;
-    let policy = dir.join("idle-policy.toml");
-    std::fs::write(
-        &policy,
-        BENCH_POLICY.replace(
-            "slots = 20000",
-            "slots = 20000\nmax_tracked_addresses = 20000",
-        ),
-    )?;
-    let listen = free_addr()?;
-    let policy_arg = policy.display().to_string();
-    let gate = MxgateProcess::start_quiet(listen, sink_addr, &["--policy", &policy_arg]).await?;
+    let policy = BENCH_POLICY.replace(
+        "slots = 20000",
+        "slots = 20000\nmax_tracked_addresses = 20000",
+    );
+    let (gate, listen) = start_gate(dir, "idle-policy.toml", &policy, sink_addr).await?;
     // One session first, so that buffers and runtimes that exist once are in the baseline.
     let mut warm = SmtpClient::connect(listen, Some(source(0))).await?;
     warm.read_reply().await?;

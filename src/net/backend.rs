@@ -2,7 +2,6 @@
 //! v1/v2 header, or XCLIENT after its greeting), start TLS with it if the policy asks; at the end,
 //! let it close first.
 
-use crate::net::backend_stream::BackendStream;
 use crate::net::backend_tls::{self, BackendTls};
 use crate::net::descriptors;
 use crate::policy::{BackendPolicy, BackendTlsMode, ClientAddressMode};
@@ -16,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_util::either::Either;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -47,6 +47,11 @@ impl BackendError {
         }
     }
 }
+
+/// The connection to the backend as sessions use it: plain TCP (`Left`), or TLS over it (`Right`)
+/// when the policy asks for TLS on the hop; boxed, as the TLS state is large and most deployments
+/// keep the hop plain.
+pub type BackendStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// A connected backend and the bytes it already sent that the relay must read (its greeting).
 pub struct Backend {
@@ -129,7 +134,7 @@ pub async fn connect(
     }
     let mut pending_input = input;
     let (mut stream, greeted) = match &policy.tls {
-        None => (BackendStream::Plain(stream), false),
+        None => (Either::Left(stream), false),
         Some(tls) => {
             let started = start_tls(stream, tls, addr.ip(), &mut pending_input, helo_name);
             match timeout(policy.reply_timeout, started).await {
@@ -205,7 +210,7 @@ async fn start_tls(
         }
     };
     match backend_tls::handshake(stream, tls, backend).await {
-        Ok(tls_stream) => Ok((BackendStream::Tls(Box::new(tls_stream)), greeted)),
+        Ok(tls_stream) => Ok((Either::Right(Box::new(tls_stream)), greeted)),
         Err(source) => Err(ExchangeError::Io {
             during: "TLS handshake",
             source,

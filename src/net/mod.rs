@@ -2,7 +2,6 @@
 //! way a client connection's last reply is sent, and what to do when descriptors run out.
 
 pub mod backend;
-pub mod backend_stream;
 pub mod backend_tls;
 pub mod descriptors;
 pub mod last_reply;

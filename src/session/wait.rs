@@ -3,7 +3,7 @@
 //! fired since they were last polled: polling an idle socket again takes a lock inside tokio to
 //! register the same waker anew, at every turn of every session.
 
-use crate::net::backend_stream::BackendStream;
+use crate::net::backend::BackendStream;
 use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +11,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
 /// What ended a wait.
@@ -52,8 +53,8 @@ impl PeerRead for TcpStream {
 impl PeerRead for BackendStream {
     fn may_be_readable(&self) -> bool {
         match self {
-            BackendStream::Plain(tcp) => readable(tcp),
-            BackendStream::Tls(_) => true,
+            Either::Left(tcp) => readable(tcp),
+            Either::Right(_tls) => true,
         }
     }
 }
@@ -271,7 +272,7 @@ mod tests {
         let hour = std::time::Duration::from_secs(3600);
         let mut session = Session {
             armed: Armed::default(),
-            backend: BackendStream::Plain(backend),
+            backend: Either::Left(backend),
             client,
             backend_in: BytesMut::with_capacity(64),
             client_in: BytesMut::with_capacity(64),

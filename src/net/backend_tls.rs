@@ -2,8 +2,7 @@
 //! certificates trusted, the name the backend's certificate must carry) and the handshake.
 
 use crate::policy::BackendTlsMode;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -51,12 +50,7 @@ pub fn client_setup(
         path: ca.to_owned(),
         reason,
     };
-    let anchors: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| ca_error(e.to_string()))?;
-    if anchors.is_empty() {
-        return Err(ca_error("no CERTIFICATE block found".into()));
-    }
+    let anchors = crate::session::tls::pem_certificates(ca).map_err(ca_error)?;
     let mut roots = rustls::RootCertStore::empty();
     for anchor in anchors {
         roots.add(anchor).map_err(|e| ca_error(e.to_string()))?;

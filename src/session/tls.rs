@@ -1,4 +1,5 @@
-//! STARTTLS configuration: the rustls server config built from the policy's certificate and key.
+//! STARTTLS configuration: the rustls server config built from the policy's certificate and key,
+//! and the reading of PEM certificate files (the backend hop's trusted ones too).
 //!
 //! The ring provider is named explicitly, so no process-wide default provider has to be installed.
 
@@ -23,20 +24,23 @@ pub enum TlsConfigError {
     },
 }
 
+/// The certificates of a PEM file, in order; an error (its reason) unless there is one at least.
+pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| e.to_string())?;
+    match certs.is_empty() {
+        true => Err("no CERTIFICATE block found".into()),
+        false => Ok(certs),
+    }
+}
+
 /// Loads the certificate chain and key and builds the server configuration offered with STARTTLS.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| TlsConfigError::Certificate {
-            path: cert.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsConfigError::Certificate {
-            path: cert.to_owned(),
-            reason: "no CERTIFICATE block found".into(),
-        });
-    }
+    let chain = pem_certificates(cert).map_err(|reason| TlsConfigError::Certificate {
+        path: cert.to_owned(),
+        reason,
+    })?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsConfigError::Key {
         path: key.to_owned(),
         reason: e.to_string(),

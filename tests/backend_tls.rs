@@ -12,12 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// A self-signed certificate for `names`, written into `dir` under `stem`: (certificate, key).
 fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let certified = rcgen::generate_simple_self_signed(names).unwrap();
-    let cert = dir.join(format!("{stem}-cert.pem"));
-    let key = dir.join(format!("{stem}-key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key, _) = common::certificate_files(dir, stem, names);
     (cert, key)
 }
 

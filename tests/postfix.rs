@@ -210,21 +210,16 @@ fn postfix_takes_mail_over_tls_from_mxgate() {
             (starttls_port, ""),
             (implicit_port, "-o smtpd_tls_wrappermode=yes"),
         ],
-        "smtpd_tls_cert_file = $config_directory/cert.pem\n\
-smtpd_tls_key_file = $config_directory/key.pem\nsmtpd_tls_security_level = may\n\
+        "smtpd_tls_cert_file = $config_directory/postfix-cert.pem\n\
+smtpd_tls_key_file = $config_directory/postfix-key.pem\nsmtpd_tls_security_level = may\n\
 smtpd_tls_loglevel = 1\n",
         |dir| {
-            let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
-            std::fs::create_dir_all(dir.join("etc")).unwrap();
-            std::fs::write(dir.join("etc/cert.pem"), certified.cert.pem()).unwrap();
-            std::fs::write(
-                dir.join("etc/key.pem"),
-                certified.signing_key.serialize_pem(),
-            )
-            .unwrap();
+            let etc = dir.join("etc");
+            std::fs::create_dir_all(&etc).unwrap();
+            common::certificate_files(&etc, "postfix", &[name]);
         },
     );
-    let ca = postfix.dir.join("etc/cert.pem");
+    let ca = postfix.dir.join("etc/postfix-cert.pem");
     for (mode, backend_port) in [("starttls", starttls_port), ("implicit", implicit_port)] {
         let policy = postfix.dir.join(format!("mxgate-{mode}.toml"));
         let text = format!(

@@ -134,6 +134,26 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
+/// A self-signed certificate for `names` (DNS names or IP addresses), written into `dir` as
+/// `<stem>-cert.pem` and `<stem>-key.pem`; returns their paths and the certificate.
+pub fn certificate_files(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert_path = dir.join(format!("{stem}-cert.pem"));
+    let key_path = dir.join(format!("{stem}-key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path, certified)
+}
+
 /// A self-signed certificate for `name`, written as PEM files into `dir`; returns (cert, key) paths
 /// and a client configuration that trusts it.
 pub fn test_certificate(
@@ -144,11 +164,7 @@ pub fn test_certificate(
     std::path::PathBuf,
     Arc<rustls::ClientConfig>,
 ) {
-    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let (cert_path, key_path, certified) = certificate_files(dir, name, &[name]);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certified.cert.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -173,9 +173,8 @@ impl Rig {
             false => (BackendSpec { mode, tls: None }, String::new()),
             true => {
                 // The sink's own certificate, for the address mxgate checks by default.
-                let sink_dir = dir.path().join("sink");
-                std::fs::create_dir(&sink_dir).unwrap();
-                let (sink_cert, sink_key, _) = common::test_certificate(&sink_dir, "127.0.0.1");
+                let (sink_cert, sink_key, _) =
+                    common::certificate_files(dir.path(), "sink", &["127.0.0.1"]);
                 let server = mxgate::session::tls::server_config(&sink_cert, &sink_key).unwrap();
                 let table = format!(
                     "[backend.tls]\nmode = \"starttls\"\nca = \"{}\"\n",

@@ -64,8 +64,8 @@ pub enum EndReason {
     ClientClosed,
     ClientTimeout,
     SessionTimeout,
-    /// No backend connection to relay to (refused, timed out, out of descriptors, XCLIENT refused):
-    /// the client got `421 4.3.2` and nothing was relayed.
+    /// No backend connection to relay to (refused, timed out, out of descriptors, XCLIENT refused,
+    /// no TLS as `[backend.tls]` asks): the client got `421 4.3.2` and nothing was relayed.
     BackendUnavailable,
     BackendClosed,
     BackendTimeout,

@@ -359,6 +359,12 @@ impl Relay {
             Verb::Mail => return self.on_mail(&cmd, out),
             Verb::Rcpt => return self.on_rcpt(&cmd, out),
             Verb::Data => {
+                // Checked at DATA too: a backend that takes recipients and a body without an
+                // accepted MAIL (no MTA that follows RFC 5321 does) still gets no more than the
+                // limit's bodies.
+                if let Some(flow) = self.message_limit(out) {
+                    return flow;
+                }
                 self.forward(&cmd, Expect::Data, out);
                 self.mode = Mode::AwaitDataReply;
             }
@@ -412,19 +418,8 @@ impl Relay {
             self.reply(b"503 5.5.1 Error: send HELO/EHLO first\r\n".to_vec(), out);
             return Flow::Consumed;
         }
-        let limit = self.config.messages_per_session;
-        if self.stats.deliveries + self.ends_of_data_awaited >= limit {
-            if self.backend_awaited > 0 {
-                // The replies awaited decide whether the limit is reached.
-                return Flow::Wait;
-            }
-            let text = format!(
-                "421 4.7.0 {} Message limit for this session reached, reconnect\r\n",
-                self.config.hostname
-            );
-            self.reply(text.into_bytes(), out);
-            self.close(EndReason::MessageLimit, out);
-            return Flow::Consumed;
+        if let Some(flow) = self.message_limit(out) {
+            return flow;
         }
         // A MAIL inside a transaction does not start a new one (the backend says 503 to a nested
         // MAIL), so the recipients counted so far still count.
@@ -436,6 +431,27 @@ impl Relay {
         };
         self.forward(cmd, expect, out);
         Flow::Consumed
+    }
+
+    /// Whether the session's message limit stops the message a MAIL or a DATA would start:
+    /// `Some(Wait)` while the replies awaited may still decide it, `Some(Consumed)` once the 421
+    /// is said and the session closes, `None` to go on.
+    fn message_limit(&mut self, out: &mut Output) -> Option<Flow> {
+        let limit = self.config.messages_per_session;
+        if self.stats.deliveries + self.ends_of_data_awaited < limit {
+            return None;
+        }
+        if self.backend_awaited > 0 {
+            // The replies awaited decide whether the limit is reached.
+            return Some(Flow::Wait);
+        }
+        let text = format!(
+            "421 4.7.0 {} Message limit for this session reached, reconnect\r\n",
+            self.config.hostname
+        );
+        self.reply(text.into_bytes(), out);
+        self.close(EndReason::MessageLimit, out);
+        Some(Flow::Consumed)
     }
 
     fn on_rcpt(&mut self, cmd: &Command<'_>, out: &mut Output) -> Flow {

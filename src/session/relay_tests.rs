@@ -177,6 +177,27 @@ fn message_limit_waits_for_pipelined_end_of_data() {
 }
 
 #[test]
+fn message_limit_holds_at_data_behind_a_backend_that_needs_no_mail() {
+    let mut h = Harness::ready();
+    h.deliver_one();
+    h.deliver_one();
+    // A backend that breaks RFC 5321 takes recipients without a MAIL: the body would be a third
+    // delivery, so DATA gets the limit's 421 and goes no further.
+    h.client("RCPT TO:<r@x>\r\n");
+    h.backend("250 ok\r\n");
+    assert_eq!(
+        h.client("DATA\r\n"),
+        step(
+            "421 4.7.0 mx.test Message limit for this session reached, reconnect\r\n",
+            "QUIT\r\n",
+            Some(Action::Close)
+        )
+    );
+    assert_eq!(h.relay.stats().deliveries, 2);
+    assert_eq!(h.relay.end_reason(), Some(EndReason::MessageLimit));
+}
+
+#[test]
 fn refused_message_does_not_count() {
     let mut h = Harness::ready();
     h.client("MAIL FROM:<a@b>\r\nRCPT TO:<r@x>\r\nDATA\r\n");

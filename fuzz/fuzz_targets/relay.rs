@@ -62,32 +62,44 @@ fn mxgate_own_positive(line: &[u8]) -> bool {
     line.starts_with(b"220 mx.test ESMTP") || line.starts_with(b"220 2.0.0 Ready to start TLS")
 }
 
-/// Checks one output for the client: whole reply lines (three digits, then a space, a hyphen or
-/// the end of the line), and nothing after a final 421. Returns whether a final 421 went out.
-fn check_client_output(bytes: &[u8], closed_by_421: bool) -> bool {
-    if bytes.is_empty() {
-        return closed_by_421;
-    }
-    assert!(!closed_by_421, "bytes to the client after a 421: {bytes:?}");
-    assert!(
-        bytes.ends_with(b"\n"),
-        "a partial line to the client: {bytes:?}"
-    );
-    let mut saw_421 = false;
-    for line in bytes[..bytes.len() - 1].split(|&b| b == b'\n') {
-        assert!(!saw_421, "a line after a 421: {bytes:?}");
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+/// What the client got so far: whether a final 421 went out, and how many positive final replies
+/// mxgate did not write itself.
+#[derive(Default)]
+struct ClientSeen {
+    closed_by_421: bool,
+    positive: usize,
+}
+
+impl ClientSeen {
+    /// Checks one output for the client: whole reply lines (three digits, then a space, a hyphen
+    /// or the end of the line), and nothing after a final 421; counts its positive replies.
+    fn check(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         assert!(
-            line.len() >= 3 && line[..3].iter().all(u8::is_ascii_digit),
-            "not a reply line: {line:?} in {bytes:?}"
+            !self.closed_by_421,
+            "bytes to the client after a 421: {bytes:?}"
         );
         assert!(
-            matches!(line.get(3), None | Some(b' ') | Some(b'-')),
-            "not a reply line: {line:?}"
+            bytes.ends_with(b"\n"),
+            "a partial line to the client: {bytes:?}"
         );
-        saw_421 = line.starts_with(b"421") && line.get(3) != Some(&b'-');
+        for line in bytes[..bytes.len() - 1].split(|&b| b == b'\n') {
+            assert!(!self.closed_by_421, "a line after a 421: {bytes:?}");
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            assert!(
+                line.len() >= 3 && line[..3].iter().all(u8::is_ascii_digit),
+                "not a reply line: {line:?} in {bytes:?}"
+            );
+            assert!(
+                matches!(line.get(3), None | Some(b' ') | Some(b'-')),
+                "not a reply line: {line:?}"
+            );
+            self.closed_by_421 = line.starts_with(b"421") && line.get(3) != Some(&b'-');
+            self.positive += usize::from(is_positive_final(line) && !mxgate_own_positive(line));
+        }
     }
-    saw_421
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -120,12 +132,11 @@ fuzz_target!(|data: &[u8]| {
     let mut client_in = BytesMut::new();
     let mut backend_in = BytesMut::new();
     let mut out = Output::default();
-    let mut closed_by_421 = false;
     let mut tls_pending = false;
-    // Positive final replies the backend sent, and those the client got that mxgate did not write
-    // itself: the client is never told more than the backend said.
+    // Positive final replies the backend sent, and what the client got: the client is never told
+    // more than the backend said.
     let mut backend_positive = PositiveLines::default();
-    let mut client_positive = 0usize;
+    let mut client = ClientSeen::default();
 
     while let Some(op) = input.byte() {
         if tls_pending {
@@ -164,14 +175,11 @@ fuzz_target!(|data: &[u8]| {
         }
         relay.pump(&mut client_in, &mut backend_in, &mut out);
 
-        closed_by_421 = check_client_output(&out.to_client, closed_by_421);
-        client_positive += out.to_client[..]
-            .split(|&b| b == b'\n')
-            .filter(|line| is_positive_final(line) && !mxgate_own_positive(line))
-            .count();
+        client.check(&out.to_client);
         assert!(
-            client_positive <= backend_positive.count,
-            "the client got {client_positive} positive replies, the backend sent {}",
+            client.positive <= backend_positive.count,
+            "the client got {} positive replies, the backend sent {}",
+            client.positive,
             backend_positive.count
         );
         let deliveries = relay.stats().deliveries;

@@ -1,18 +1,17 @@
 //! The connection to the backend MTA: connect within a deadline, tell it who the client is (PROXY
 //! v1/v2 header, or XCLIENT after its greeting), start TLS with it if the policy asks; at the end,
-//! let it close first.
+//! let it close first. The commands and replies of XCLIENT and STARTTLS are `backend_exchange`'s.
 
+use crate::net::backend_exchange::{self as exchange, ExchangeError};
 use crate::net::backend_tls::{self, BackendTls};
 use crate::net::descriptors;
 use crate::policy::{BackendPolicy, BackendTlsMode, ClientAddressMode};
-use crate::session::codec::scan_reply;
-use crate::session::ehlo;
 use bytes::BytesMut;
 use ppp::v2;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::either::Either;
@@ -157,7 +156,8 @@ pub async fn connect(
     if policy.client_address == ClientAddressMode::Xclient {
         // After STARTTLS the first greeting is spent: XCLIENT's new one is what the client sees.
         pending_input.clear();
-        let exchange = xclient(&mut stream, &mut pending_input, client, helo_name, greeted);
+        let exchange =
+            exchange::xclient(&mut stream, &mut pending_input, client, helo_name, greeted);
         match timeout(policy.reply_timeout, exchange).await {
             Ok(result) => result.map_err(|e| match e {
                 ExchangeError::Io { source, .. } => BackendError::Io { addr, source },
@@ -189,23 +189,8 @@ async fn start_tls(
     let greeted = match tls.mode {
         BackendTlsMode::Implicit => false,
         BackendTlsMode::Starttls => {
-            let mut buf = BytesMut::with_capacity(512);
-            let first = greet_and_ehlo(&mut stream, &mut buf, helo_name, false, "STARTTLS").await?;
             // The greeting goes to the client after TLS, as the backend's first words.
-            greeting.extend_from_slice(&first);
-            send(&mut stream, b"STARTTLS\r\n", "STARTTLS").await?;
-            let (code, raw) = read_reply(&mut stream, &mut buf, "STARTTLS").await?;
-            if code != 220 {
-                return Err(refused("STARTTLS", &raw));
-            }
-            if !buf.is_empty() {
-                // Bytes sent in the clear behind the 220 would be taken into the TLS session as if
-                // they came inside it (CVE-2011-0411).
-                return Err(refused(
-                    "bytes in the clear after the 220 to STARTTLS",
-                    &buf,
-                ));
-            }
+            greeting.extend_from_slice(&exchange::starttls(&mut stream, helo_name).await?);
             true
         }
     };
@@ -218,44 +203,6 @@ async fn start_tls(
     }
 }
 
-/// The backend's greeting, which must be a 220 (unless `greeted`: read already, before
-/// STARTTLS), then mxgate's EHLO, whose reply must be a 250 offering `extension`. Returns the
-/// greeting (empty if `greeted`).
-async fn greet_and_ehlo<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    helo_name: &str,
-    greeted: bool,
-    extension: &str,
-) -> Result<BytesMut, ExchangeError> {
-    let mut greeting = BytesMut::new();
-    if !greeted {
-        let (code, raw) = read_reply(stream, buf, "greeting").await?;
-        if code != 220 {
-            return Err(refused("greeting", &raw));
-        }
-        greeting = raw;
-    }
-    send(stream, format!("EHLO {helo_name}\r\n").as_bytes(), "EHLO").await?;
-    let (code, raw) = read_reply(stream, buf, "EHLO").await?;
-    if code != 250 || !ehlo::offers(&raw, extension.as_bytes()) {
-        return Err(refused(&format!("EHLO reply has no {extension}"), &raw));
-    }
-    Ok(greeting)
-}
-
-/// A refusal's detail: what was refused and the backend's reply, its lines joined by ` | ` so
-/// that the log line stays one line.
-fn refusal(what: &str, raw: &[u8]) -> String {
-    let reply = String::from_utf8_lossy(raw);
-    let lines: Vec<&str> = reply.lines().map(str::trim_end).collect();
-    format!("{what}: {}", lines.join(" | "))
-}
-
-fn refused(what: &str, raw: &[u8]) -> ExchangeError {
-    ExchangeError::Refused(refusal(what, raw))
-}
-
 /// How long a session waits for the backend to close the connection after QUIT.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -266,92 +213,6 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub async fn until_closed<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut scrap = [0u8; 512];
     while let Ok(1..) = stream.read(&mut scrap).await {}
-}
-
-/// What went wrong in an exchange of commands and replies before the session.
-enum ExchangeError {
-    /// A read or write failed `during` a step.
-    Io {
-        during: &'static str,
-        source: io::Error,
-    },
-    /// The backend refused, answered garbage or closed; the detail names the step.
-    Refused(String),
-}
-
-impl std::fmt::Display for ExchangeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExchangeError::Io { during, source } => write!(f, "{during}: {source}"),
-            ExchangeError::Refused(detail) => f.write_str(detail),
-        }
-    }
-}
-
-/// Writes `command`, `during` a step.
-async fn send<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    command: &[u8],
-    during: &'static str,
-) -> Result<(), ExchangeError> {
-    stream
-        .write_all(command)
-        .await
-        .map_err(|source| ExchangeError::Io { during, source })
-}
-
-/// Reads one reply `during` a step, returning its code and raw bytes, consumed from `buf`.
-async fn read_reply<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    during: &'static str,
-) -> Result<(u16, BytesMut), ExchangeError> {
-    loop {
-        match scan_reply(buf) {
-            Ok(Some(reply)) => return Ok((reply.code, buf.split_to(reply.len))),
-            Ok(None) => {}
-            Err(e) => return Err(ExchangeError::Refused(format!("{during}: {e}"))),
-        }
-        let read = stream.read_buf(buf).await;
-        if read.map_err(|source| ExchangeError::Io { during, source })? == 0 {
-            return Err(ExchangeError::Refused(format!(
-                "{during}: connection closed"
-            )));
-        }
-    }
-}
-
-/// Postfix XCLIENT (http://www.postfix.org/XCLIENT_README.html): greeting (unless `greeted`: read
-/// before STARTTLS), EHLO, XCLIENT. The backend answers XCLIENT with a fresh greeting, which is
-/// left in `buf` for the client.
-async fn xclient<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    client: SocketAddr,
-    helo_name: &str,
-    greeted: bool,
-) -> Result<(), ExchangeError> {
-    greet_and_ehlo(stream, buf, helo_name, greeted, "XCLIENT").await?;
-    let client = canonical(client);
-    let addr = match client.ip() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("IPV6:{v6}"),
-    };
-    let command = format!(
-        "XCLIENT ADDR={addr} PORT={} NAME=[UNAVAILABLE]\r\n",
-        client.port()
-    );
-    send(stream, command.as_bytes(), "XCLIENT").await?;
-    let (code, greeting) = read_reply(stream, buf, "XCLIENT").await?;
-    if code != 220 {
-        return Err(refused("XCLIENT", &greeting));
-    }
-    // The new greeting is the first thing the relay passes to the client: back in front of
-    // whatever came after it (contiguous, so no copy).
-    let rest = buf.split();
-    *buf = greeting;
-    buf.unsplit(rest);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -370,18 +231,6 @@ mod tests {
         let parsed = v2::Header::try_from(&v2[..]).unwrap();
         assert_eq!(parsed.addresses, v2::Addresses::from((client, local)));
         assert!(proxy_header(ClientAddressMode::None, client, local).is_empty());
-    }
-
-    #[test]
-    fn a_refusal_is_one_line() {
-        let detail = refusal(
-            "EHLO reply has no STARTTLS",
-            b"250-mta.test\r\n250 SIZE 1000\r\n",
-        );
-        assert_eq!(
-            detail,
-            "EHLO reply has no STARTTLS: 250-mta.test | 250 SIZE 1000"
-        );
     }
 
     #[test]

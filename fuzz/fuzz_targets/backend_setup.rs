@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use mxgate::net::backend_exchange::{self, ExchangeError, MAX_SHOWN_REPLY};
 use mxgate::session::codec::scan_reply;
@@ -22,7 +22,7 @@ const HELO_NAME: &str = "mxgate.test";
 /// The backend as a script: the pieces its reads return, then an end of file or an error; what
 /// it was sent, each write taking at most `max_write` bytes until `writes_left` runs out.
 struct ScriptedBackend {
-    pieces: VecDeque<Vec<u8>>,
+    pieces: VecDeque<Bytes>,
     read_fails_at_end: bool,
     delivered: Vec<u8>,
     written: Vec<u8>,
@@ -36,20 +36,19 @@ impl AsyncRead for ScriptedBackend {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let Some(piece) = self.pieces.pop_front() else {
+        let Some(piece) = self.pieces.front_mut() else {
             return Poll::Ready(if self.read_fails_at_end {
                 Err(io::ErrorKind::ConnectionReset.into())
             } else {
                 Ok(())
             });
         };
-        let (taken, rest) = piece.split_at(piece.len().min(buf.remaining()));
-        buf.put_slice(taken);
-        self.delivered.extend_from_slice(taken);
-        if !rest.is_empty() {
-            let rest = rest.to_vec();
-            self.pieces.push_front(rest);
+        let taken = piece.split_to(piece.len().min(buf.remaining()));
+        if piece.is_empty() {
+            self.pieces.pop_front();
         }
+        buf.put_slice(&taken);
+        self.delivered.extend_from_slice(&taken);
         Poll::Ready(Ok(()))
     }
 }
@@ -139,11 +138,13 @@ fuzz_target!(|input: &[u8]| {
     let mut pieces = VecDeque::new();
     while let Some((&len, tail)) = rest.split_first() {
         let (piece, tail) = match (len, tail) {
-            (0, [kib, byte, tail @ ..]) => (vec![*byte; usize::from(*kib) * 1024], tail),
+            (0, [kib, byte, tail @ ..]) => {
+                (Bytes::from(vec![*byte; usize::from(*kib) * 1024]), tail)
+            }
             (0, _) => break,
             _ => {
                 let (piece, tail) = tail.split_at(usize::from(len).min(tail.len()));
-                (piece.to_vec(), tail)
+                (Bytes::copy_from_slice(piece), tail)
             }
         };
         if !piece.is_empty() {

@@ -334,7 +334,7 @@ async fn handle(
     admission: Arc<AdmissionState>,
     shutdown: StopSignal,
 ) {
-    let client_addr = crate::net::backend::canonical(client_addr);
+    let client_addr = crate::net::client_address::canonical(client_addr);
     let ip = client_addr.ip();
     // The early-talker test runs while the DNS lists are asked; clients a static rule covers skip it.
     // `early_input` is `Some` once the teaser is sent: what the client said during the delay.

@@ -4,6 +4,7 @@
 
 use crate::net::backend_exchange::{self as exchange, ExchangeError};
 use crate::net::backend_tls::{self, BackendTls};
+use crate::net::client_address::canonical;
 use crate::net::descriptors;
 use crate::policy::{BackendPolicy, BackendTlsMode, ClientAddressMode};
 use bytes::BytesMut;
@@ -56,17 +57,6 @@ pub type BackendStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<T
 pub struct Backend {
     pub stream: BackendStream,
     pub pending_input: BytesMut,
-}
-
-/// The client as the backend should see it. IPv4-mapped IPv6 addresses are written as IPv4.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
 }
 
 /// Source and destination in one address family, as PROXY headers require.

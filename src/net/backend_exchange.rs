@@ -2,14 +2,13 @@
 //! then XCLIENT or STARTTLS), over any byte stream, and the one-line, printable refusal logged when
 //! the backend says no.
 
+use crate::net::client_address::canonical;
 use crate::session::codec::scan_reply;
 use crate::session::ehlo;
 use bytes::BytesMut;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-use super::backend::canonical;
 
 /// The most characters of the backend's reply a refusal shows; a longer reply is cut, and the
 /// refusal says how many bytes it had.

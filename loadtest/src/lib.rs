@@ -7,6 +7,7 @@
 pub mod child;
 pub mod client;
 pub mod demo;
+pub mod demo_checks;
 pub mod dnsbl;
 pub mod harness;
 pub mod plot;

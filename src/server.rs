@@ -415,6 +415,8 @@ async fn handle(
                 end = report.end.as_str(),
                 deliveries = report.deliveries,
                 recipients = report.recipients,
+                recipients_over_cap = report.recipients_over_cap,
+                recipients_over_rate = report.recipients_over_rate,
                 tls = report.tls,
                 duration_ms = report.duration.as_millis() as u64,
                 "session end"

@@ -146,6 +146,27 @@ impl MxgateProcess {
     }
 }
 
+/// The `session end` line mxgate logs for `client`, waited for up to 5 s.
+async fn session_end_line(log: &mut broadcast::Receiver<String>, client: &str) -> Option<String> {
+    use broadcast::error::RecvError;
+    let wanted = format!("client={client} ");
+    let found = async {
+        loop {
+            match log.recv().await {
+                Ok(line) if line.contains("session end") && line.contains(&wanted) => {
+                    return Some(line)
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), found)
+        .await
+        .ok()
+        .flatten()
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
@@ -286,9 +307,17 @@ pub async fn run() -> anyhow::Result<()> {
     println!("   message from an allow-listed one (100 per message allowed).");
     // A neutral sender's burst is 6; a 7th or 8th may pass if the pipelined group spans a refill
     // on a slow machine.
-    for (source, count, accepted_range, refusal) in [
-        ("127.0.3.4", 20, 6..=8, "451 4.7.1"),
-        ("127.0.2.2", 102, 100..=100, "452 4.5.3"),
+    // mxgate's log names the refusals in the session's end line.
+    let mut log = gate.log_lines();
+    for (source, count, accepted_range, refusal, counted_as) in [
+        ("127.0.3.4", 20, 6..=8, "451 4.7.1", "recipients_over_rate"),
+        (
+            "127.0.2.2",
+            102,
+            100..=100,
+            "452 4.5.3",
+            "recipients_over_cap",
+        ),
     ] {
         let mut many = SmtpClient::connect(listen, Some(ip(source))).await?;
         many.read_reply().await?;
@@ -319,6 +348,14 @@ pub async fn run() -> anyhow::Result<()> {
         );
         checks.reply(&format!("the first refusal to {source}"), refusal, reply);
         many.command("QUIT").await?;
+        let counted = format!("{counted_as}={}", count - accepted);
+        let line = session_end_line(&mut log, source).await;
+        checks.expect(
+            &format!("mxgate's log of {source}'s session"),
+            &format!("a session end line with {counted}"),
+            line.as_deref().unwrap_or("no such line within 5 s"),
+            line.as_deref().is_some_and(|l| l.contains(&counted)),
+        );
     }
 
     println!("\n4. A port scanner at 127.0.3.5 sends junk.");

@@ -306,8 +306,7 @@ pub async fn run() -> anyhow::Result<()> {
     );
     println!("   message from an allow-listed one (100 per message allowed).");
     // A neutral sender's burst is 6; a 7th or 8th may pass if the pipelined group spans a refill
-    // on a slow machine.
-    // mxgate's log names the refusals in the session's end line.
+    // on a slow machine. mxgate's log counts the refusals in the session's end line.
     let mut log = gate.log_lines();
     for (source, count, accepted_range, refusal, counted_as) in [
         ("127.0.3.4", 20, 6..=8, "451 4.7.1", "recipients_over_rate"),

@@ -2,7 +2,7 @@
 //! shutdown that lets transactions in progress finish.
 
 use crate::admission::gate::{AdmissionPermit, AdmissionState};
-use crate::admission::{assess, log_fields, matching_rule, pregreet, Decision};
+use crate::admission::{assess, lists_not_counted, log_fields, matching_rule, pregreet, Decision};
 use crate::live::Live;
 use crate::net::descriptors::{self, Report, ShortageLog};
 use crate::policy::{Policy, PolicySource};
@@ -382,6 +382,7 @@ async fn handle(
         limit = limit.map_or("none", |l| l.as_str()),
         score = verdict.score,
         reasons = %log_fields(&policy, &verdict),
+        lists_not_counted = %lists_not_counted(&verdict),
         slots = admission.slots().in_use(),
         capacity = admission.slots().capacity(),
         decision_us = verdict.elapsed.as_micros() as u64,

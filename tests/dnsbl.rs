@@ -4,7 +4,7 @@
 
 mod common;
 
-use mxgate::admission::assess;
+use mxgate::admission::{assess, lists_not_counted};
 use mxgate::policy::Policy;
 use mxgate::reputation::dnsbl::lists::{DnsLists, Outcome};
 use mxgate::reputation::dnsbl::lookup::{Answer, DnsLookup, LookupFuture};
@@ -145,6 +145,8 @@ async fn a_list_that_never_answers_costs_at_most_the_budget() {
         .dns
         .iter()
         .any(|r| &*r.zone == "zen.spamhaus.org" && r.outcome == Outcome::Late));
+    // The decision log line says which list did not count, and why.
+    assert_eq!(lists_not_counted(&verdict), "zen.spamhaus.org:late");
     assert_eq!(
         policy.class(verdict.decision.class()).name,
         "neutral",
@@ -181,6 +183,7 @@ async fn a_list_failing_its_self_test_is_left_out() {
         .dns
         .iter()
         .any(|r| &*r.zone == "zen.spamhaus.org" && r.outcome == Outcome::Unusable));
+    assert_eq!(lists_not_counted(&verdict), "zen.spamhaus.org:unusable");
     // SERVFAIL fails the self-test too.
     dns.set_behaviour("list.dnswl.org", Behaviour::ServFail);
     assert_eq!(lists.self_test().await.len(), 2);

@@ -18,21 +18,44 @@ fn term_label(t: &Term) -> String {
     )
 }
 
-/// Compact reasons for the decision log line: `rule=...` or the DNS terms, e.g.
-/// `PBL:zen.spamhaus.org=127.0.0.10+3`.
+/// Compact reasons for the decision log line: `rule:<cidr>`, or what made up the score: the DNS
+/// terms (e.g. `PBL:zen.spamhaus.org=127.0.0.10+3`) and the early-talker weight (`pregreet+N`).
 pub fn log_fields(policy: &Policy, verdict: &Verdict) -> String {
     if let Some(i) = verdict.rule {
         return format!("rule:{}", policy.rules[i].net);
     }
-    if verdict.terms.is_empty() {
+    let mut reasons: Vec<String> = verdict.terms.iter().map(term_label).collect();
+    if let Some(weight) = verdict.early_talker {
+        reasons.push(format!("pregreet{weight:+}"));
+    }
+    if reasons.is_empty() {
         return "none".to_owned();
     }
-    verdict
-        .terms
+    reasons.join(",")
+}
+
+/// The DNS lists that gave no usable answer for this client, for the decision log line:
+/// `zone:late` (no answer within the budget), `zone:<error>` (e.g. `servfail`,
+/// `refused_127.255.255.x`) or `zone:unusable` (its self-test has not passed), else `none`. Each
+/// counted as not listed, so a listed sender admitted while its list failed shows why here.
+pub fn lists_not_counted(verdict: &Verdict) -> String {
+    let failed: Vec<String> = verdict
+        .dns
         .iter()
-        .map(term_label)
-        .collect::<Vec<_>>()
-        .join(",")
+        .filter_map(|result| {
+            let why = match &result.outcome {
+                Outcome::Listed(_) | Outcome::NotListed => return None,
+                Outcome::Error(e) => e,
+                Outcome::Late => "late",
+                Outcome::Unusable => "unusable",
+            };
+            Some(format!("{}:{why}", result.zone))
+        })
+        .collect();
+    if failed.is_empty() {
+        return "none".to_owned();
+    }
+    failed.join(",")
 }
 
 /// The full explanation printed by `mxgate explain`.
@@ -224,4 +247,98 @@ pub fn to_json(policy: &Policy, verdict: &Verdict) -> serde_json::Value {
         },
         "decision_ms": verdict.elapsed.as_secs_f64() * 1000.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lists_not_counted, log_fields};
+    use crate::admission::{decision_for, Verdict};
+    use crate::policy::Policy;
+    use crate::reputation::dnsbl::lists::{Outcome, Term, ZoneResult};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn zone(name: &str, outcome: Outcome) -> ZoneResult {
+        ZoneResult {
+            zone: Arc::from(name),
+            outcome,
+            cached: false,
+            ttl_left: Duration::from_secs(60),
+        }
+    }
+
+    fn verdict(policy: &Policy, dns: Vec<ZoneResult>, terms: Vec<Term>) -> Verdict {
+        let ip = IpAddr::from([192, 0, 2, 7]);
+        let score = terms.iter().map(|t| t.weight).sum();
+        Verdict {
+            ip,
+            decision: decision_for(policy, policy.class_for_score(score), ip),
+            score,
+            rule: None,
+            dns,
+            terms,
+            early_talker: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn reasons_name_every_part_of_the_score() {
+        let policy = Policy::embedded_default();
+        let pbl = Term {
+            zone: Arc::from("zen.spamhaus.org"),
+            code: Ipv4Addr::new(127, 0, 0, 10),
+            name: Some("PBL".into()),
+            weight: 4,
+            cached: false,
+            ttl_left: Duration::from_secs(60),
+        };
+        let listed = verdict(&policy, Vec::new(), vec![pbl]);
+        assert_eq!(
+            log_fields(&policy, &listed),
+            "PBL:zen.spamhaus.org=127.0.0.10+4"
+        );
+        let early = listed.with_early_talker(&policy, 3);
+        assert_eq!(early.score, 7);
+        assert_eq!(
+            log_fields(&policy, &early),
+            "PBL:zen.spamhaus.org=127.0.0.10+4,pregreet+3"
+        );
+        let only_early = verdict(&policy, Vec::new(), Vec::new()).with_early_talker(&policy, 5);
+        assert_eq!(log_fields(&policy, &only_early), "pregreet+5");
+        let nothing = verdict(&policy, Vec::new(), Vec::new());
+        assert_eq!(log_fields(&policy, &nothing), "none");
+    }
+
+    #[test]
+    fn lists_without_a_usable_answer_are_named() {
+        let policy = Policy::embedded_default();
+        let answered = verdict(
+            &policy,
+            vec![
+                zone(
+                    "zen.spamhaus.org",
+                    Outcome::Listed(vec![Ipv4Addr::new(127, 0, 0, 2)]),
+                ),
+                zone("list.dnswl.org", Outcome::NotListed),
+            ],
+            Vec::new(),
+        );
+        assert_eq!(lists_not_counted(&answered), "none");
+        let failed = verdict(
+            &policy,
+            vec![
+                zone("zen.spamhaus.org", Outcome::Late),
+                zone("list.dnswl.org", Outcome::NotListed),
+                zone("bl.example", Outcome::Error("servfail")),
+                zone("wl.example", Outcome::Unusable),
+            ],
+            Vec::new(),
+        );
+        assert_eq!(
+            lists_not_counted(&failed),
+            "zen.spamhaus.org:late,bl.example:servfail,wl.example:unusable"
+        );
+    }
 }

@@ -11,7 +11,7 @@ pub mod pregreet;
 pub mod rate;
 pub mod slots;
 
-pub use explain::{log_fields, render, to_json};
+pub use explain::{lists_not_counted, log_fields, render, to_json};
 
 use crate::policy::{Action, Policy};
 use crate::reputation::dnsbl::lists::{DnsLists, Term, ZoneResult};

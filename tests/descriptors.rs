@@ -7,7 +7,7 @@ mod common;
 
 use common::{metrics, WAIT};
 use mxgate_loadtest::client::SmtpClient;
-use mxgate_loadtest::demo::{free_addr, MxgateProcess};
+use mxgate_loadtest::demo::{free_addr, next_log_line, MxgateProcess};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,19 +86,11 @@ name = "neutral"
 
 /// The next line of `log` that contains `needle`.
 async fn wait_for_log(log: &mut broadcast::Receiver<String>, needle: &str) -> String {
-    let found = async {
-        loop {
-            match log.recv().await {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, found)
+    next_log_line(log, WAIT, |line| line.contains(needle))
         .await
-        .unwrap_or_else(|_| panic!("mxgate never logged {needle:?}"))
-        .unwrap_or_else(|| panic!("mxgate exited before logging {needle:?}"))
+        .unwrap_or_else(|| {
+            panic!("mxgate never logged {needle:?} within {WAIT:?} (or exited first)")
+        })
 }
 
 async fn greeted(stream: TcpStream) -> SmtpClient<TcpStream> {

@@ -3,7 +3,7 @@
 //! decided and what arrived; it fails if that is not what README.md says it shows.
 
 use crate::child::ChildProcess;
-use crate::client::SmtpClient;
+use crate::client::{Reply, SmtpClient};
 use crate::demo_checks::DemoChecks;
 use crate::dnsbl::{demo_zones, DnsblServer};
 use crate::harness::Target;
@@ -146,25 +146,32 @@ impl MxgateProcess {
     }
 }
 
-/// The `session end` line mxgate logs for `client`, waited for up to 5 s.
-async fn session_end_line(log: &mut broadcast::Receiver<String>, client: &str) -> Option<String> {
+/// The next line of an mxgate log (from [`MxgateProcess::log_lines`]) that `wanted` accepts,
+/// waited for up to `within`; `None` if none came in time or mxgate exited first.
+pub async fn next_log_line(
+    log: &mut broadcast::Receiver<String>,
+    within: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<String> {
     use broadcast::error::RecvError;
-    let wanted = format!("client={client} ");
     let found = async {
         loop {
             match log.recv().await {
-                Ok(line) if line.contains("session end") && line.contains(&wanted) => {
-                    return Some(line)
-                }
+                Ok(line) if wanted(&line) => return Some(line),
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return None,
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), found)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(within, found).await.ok().flatten()
+}
+
+/// What an EHLO reply advertises in its LIMITS line (RFC 9422), e.g. `LIMITS MAILMAX=10 ...`.
+fn advertised_limits(ehlo: &Reply) -> Option<&str> {
+    ehlo.text
+        .lines()
+        .find(|l| l.contains("LIMITS"))
+        .and_then(|l| l.get(4..))
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -216,13 +223,7 @@ pub async fn run() -> anyhow::Result<()> {
         let first = client.read_reply().await?;
         let shown = if first.code == 220 {
             let ehlo = client.command("EHLO sender.example").await?;
-            let limits = ehlo
-                .text
-                .lines()
-                .find(|l| l.contains("LIMITS"))
-                .unwrap_or("")
-                .get(4..)
-                .unwrap_or("");
+            let limits = advertised_limits(&ehlo).unwrap_or("");
             client.command("QUIT").await?;
             format!("admitted, {limits}")
         } else {
@@ -237,12 +238,7 @@ pub async fn run() -> anyhow::Result<()> {
     let mut person = SmtpClient::connect(listen, Some(ip("127.0.3.2"))).await?;
     println!("   greeting: {}", person.read_reply().await?);
     let ehlo = person.command("EHLO person.example").await?;
-    let limits = ehlo
-        .text
-        .lines()
-        .find(|l| l.contains("LIMITS"))
-        .unwrap_or("(none)");
-    let limits = &limits[4.min(limits.len())..];
+    let limits = advertised_limits(&ehlo).unwrap_or("(none)");
     println!("   EHLO reply advertises: {limits}");
     checks.reply("the person's EHLO reply", "LIMITS MAILMAX=10 ", limits);
     let delivered = person
@@ -348,7 +344,11 @@ pub async fn run() -> anyhow::Result<()> {
         checks.reply(&format!("the first refusal to {source}"), refusal, reply);
         many.command("QUIT").await?;
         let counted = format!("{counted_as}={}", count - accepted);
-        let line = session_end_line(&mut log, source).await;
+        let client = format!("client={source} ");
+        let line = next_log_line(&mut log, Duration::from_secs(5), |l| {
+            l.contains("session end") && l.contains(&client)
+        })
+        .await;
         checks.expect(
             &format!("mxgate's log of {source}'s session"),
             &format!("a session end line with {counted}"),

@@ -125,3 +125,82 @@ async fn commands_sent_in_the_clear_behind_starttls_are_dropped() {
     assert_eq!(sink.messages()[0].sha256, sha256(body));
     gate.stop().await;
 }
+
+/// The first half of a real ClientHello for `server_name`: a client that stalls in the middle of a
+/// TLS record.
+fn half_a_client_hello(client_tls: Arc<ClientConfig>, server_name: &str) -> Vec<u8> {
+    let name = ServerName::try_from(server_name.to_owned()).unwrap();
+    let mut hello = Vec::new();
+    tokio_rustls::rustls::ClientConnection::new(client_tls, name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    assert!(hello.len() > 100, "a ClientHello: {} bytes", hello.len());
+    hello.truncate(hello.len() / 2);
+    hello
+}
+
+/// Clients that stop during the TLS handshake, one before its ClientHello and one in the middle of
+/// it, are let go of after `tls_handshake_timeout`: their slots are freed and their backend sessions
+/// end without a message. A client that connected after them delivers over TLS meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_silent_in_the_handshake_are_let_go_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, sink, client_tls) = tls_gate(dir.path(), "tls_handshake_timeout = \"1s\"").await;
+    let admission = gate.admission.clone();
+
+    let mut silent = gate.client_from("127.0.0.25").await;
+    silent.command("EHLO silent").await.unwrap();
+    assert_eq!(silent.command("STARTTLS").await.unwrap().code, 220);
+    let mut stalled = gate.client_from("127.0.0.26").await;
+    stalled.command("EHLO stalled").await.unwrap();
+    assert_eq!(stalled.command("STARTTLS").await.unwrap().code, 220);
+    stalled
+        .write_raw(&half_a_client_hello(client_tls.clone(), "mx.test"))
+        .await
+        .unwrap();
+
+    let good = gate.client_from("127.0.0.27").await;
+    let mut tls = good.starttls(client_tls, "mx.test").await.unwrap();
+    tls.command("EHLO good").await.unwrap();
+    common::deliver(&mut tls).await;
+    assert_eq!(tls.command("QUIT").await.unwrap().code, 221);
+
+    assert!(silent.closed_by_server().await, "silent client kept");
+    assert!(stalled.closed_by_server().await, "stalled client kept");
+    assert!(
+        sink.wait_until(WAIT, |_, sessions| sessions.len() == 3
+            && sessions.iter().all(|s| s.ended))
+            .await,
+        "backend sessions left open: {:?}",
+        sink.sessions()
+    );
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(sink.messages()[0].client.to_string(), "127.0.0.27");
+    gate.stop().await;
+    assert_eq!(admission.slots().in_use(), 0, "slot kept");
+}
+
+/// Shutdown while a client is between STARTTLS and its ClientHello: the handshake still completes,
+/// and the client is then told 421 4.3.0 over TLS, as a session waiting for its next command is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_the_handshake_says_421_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, sink, client_tls) = tls_gate(dir.path(), "").await;
+    let admission = gate.admission.clone();
+
+    let mut client = gate.client_from("127.0.0.28").await;
+    client.command("EHLO client.test").await.unwrap();
+    assert_eq!(client.command("STARTTLS").await.unwrap().code, 220);
+    gate.shutdown.cancel();
+    let mut tls = client
+        .tls_handshake(client_tls, "mx.test")
+        .await
+        .expect("the handshake completes during the grace period");
+    let reply = tls.read_reply().await.unwrap();
+    assert!(reply.text.starts_with("421 4.3.0 "), "{reply}");
+    assert!(tls.closed_by_server().await);
+    gate.stop().await;
+    assert_eq!(admission.slots().in_use(), 0, "slot kept");
+    assert!(sink.messages().is_empty());
+}

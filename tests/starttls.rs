@@ -8,6 +8,7 @@ use mxgate::policy::Policy;
 use mxgate_loadtest::client::SmtpClient;
 use mxgate_loadtest::sink::Sink;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
 
 /// mxgate with a test certificate for mx.test (`session_extra` added to `[session]`), in front of
@@ -22,6 +23,14 @@ async fn tls_gate(dir: &std::path::Path, session_extra: &str) -> (Gate, Sink, Ar
     ));
     let policy = Policy::parse("tls-policy", &text, None).unwrap_or_else(|e| panic!("{e}"));
     (Gate::start(policy).await, sink, client_tls)
+}
+
+/// A client from `source` that said EHLO and was told 220 to STARTTLS: its handshake comes next.
+async fn told_to_start_tls(gate: &Gate, source: &str) -> SmtpClient<TcpStream> {
+    let mut client = gate.client_from(source).await;
+    client.command("EHLO client.test").await.unwrap();
+    assert_eq!(client.command("STARTTLS").await.unwrap().code, 220);
+    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +83,7 @@ async fn broken_handshake_does_not_hurt_others() {
     let dir = tempfile::tempdir().unwrap();
     let (gate, _sink, client_tls) = tls_gate(dir.path(), "tls_handshake_timeout = \"2s\"").await;
 
-    let mut bad = gate.client_from("127.0.0.22").await;
-    bad.command("EHLO bad").await.unwrap();
-    assert_eq!(bad.command("STARTTLS").await.unwrap().code, 220);
+    let mut bad = told_to_start_tls(&gate, "127.0.0.22").await;
     bad.write_raw(b"this is not a TLS ClientHello\r\n")
         .await
         .unwrap();
@@ -149,12 +156,8 @@ async fn clients_silent_in_the_handshake_are_let_go_of() {
     let (gate, sink, client_tls) = tls_gate(dir.path(), "tls_handshake_timeout = \"1s\"").await;
     let admission = gate.admission.clone();
 
-    let mut silent = gate.client_from("127.0.0.25").await;
-    silent.command("EHLO silent").await.unwrap();
-    assert_eq!(silent.command("STARTTLS").await.unwrap().code, 220);
-    let mut stalled = gate.client_from("127.0.0.26").await;
-    stalled.command("EHLO stalled").await.unwrap();
-    assert_eq!(stalled.command("STARTTLS").await.unwrap().code, 220);
+    let mut silent = told_to_start_tls(&gate, "127.0.0.25").await;
+    let mut stalled = told_to_start_tls(&gate, "127.0.0.26").await;
     stalled
         .write_raw(&half_a_client_hello(client_tls.clone(), "mx.test"))
         .await
@@ -189,9 +192,7 @@ async fn shutdown_during_the_handshake_says_421_over_tls() {
     let (gate, sink, client_tls) = tls_gate(dir.path(), "").await;
     let admission = gate.admission.clone();
 
-    let mut client = gate.client_from("127.0.0.28").await;
-    client.command("EHLO client.test").await.unwrap();
-    assert_eq!(client.command("STARTTLS").await.unwrap().code, 220);
+    let client = told_to_start_tls(&gate, "127.0.0.28").await;
     gate.shutdown.cancel();
     let mut tls = client
         .tls_handshake(client_tls, "mx.test")

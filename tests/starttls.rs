@@ -1,5 +1,6 @@
 //! STARTTLS terminated by mxgate with a test certificate; the backend hop stays plain; commands
-//! sent in the clear behind STARTTLS are dropped.
+//! sent in the clear behind STARTTLS are dropped; handshakes that are garbled, stall or meet a
+//! shutdown end the session cleanly.
 
 mod common;
 

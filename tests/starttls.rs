@@ -1,6 +1,6 @@
 //! STARTTLS terminated by mxgate with a test certificate; the backend hop stays plain; commands
 //! sent in the clear behind STARTTLS are dropped; handshakes that are garbled, stall or meet a
-//! shutdown end the session cleanly.
+//! shutdown end the session cleanly, a shutdown cutting off a handshake at the end of its grace.
 
 mod common;
 
@@ -204,5 +204,28 @@ async fn shutdown_during_the_handshake_says_421_over_tls() {
     assert!(tls.closed_by_server().await);
     gate.stop().await;
     assert_eq!(admission.slots().in_use(), 0, "slot kept");
+    assert!(sink.messages().is_empty());
+}
+
+/// A handshake still going on when the grace period after the shutdown signal ends is cut off
+/// then, however long `tls_handshake_timeout` is: a shutdown waits no longer for a handshake than
+/// for a session, and the client's slot and backend session are freed before mxgate stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_off_a_handshake_at_the_end_of_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = "tls_handshake_timeout = \"1h\"\nshutdown_grace = \"1s\"";
+    let (gate, sink, _) = tls_gate(dir.path(), session).await;
+    let admission = gate.admission.clone();
+
+    let mut silent = told_to_start_tls(&gate, "127.0.0.29").await;
+    gate.stop().await;
+    assert_eq!(admission.slots().in_use(), 0, "slot kept past the stop");
+    assert!(silent.closed_by_server().await, "handshake kept open");
+    assert!(
+        sink.wait_until(WAIT, |_, sessions| sessions.len() == 1 && sessions[0].ended)
+            .await,
+        "backend session left open: {:?}",
+        sink.sessions()
+    );
     assert!(sink.messages().is_empty());
 }

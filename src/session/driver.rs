@@ -219,7 +219,9 @@ struct TlsContext<'a> {
     shutdown: &'a StopSignal,
 }
 
-/// Upgrades the client to TLS after STARTTLS and relays the rest of the session over it.
+/// Upgrades the client to TLS after STARTTLS and relays the rest of the session over it. The
+/// handshake ends at `tls_handshake_timeout`, or at the end of the grace period if the shutdown
+/// signal comes first, so that a shutdown never waits for a handshake longer than for a session.
 async fn continue_in_tls(
     ctx: TlsContext<'_>,
     client: TcpStream,
@@ -229,8 +231,23 @@ async fn continue_in_tls(
     grace_deadline: &mut Option<Instant>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.config);
-    match timeout(ctx.handshake_timeout, acceptor.accept(client)).await {
-        Ok(Ok(mut tls_client)) => {
+    let known_deadline = *grace_deadline;
+    let grace_over = async {
+        let at = match known_deadline {
+            Some(at) => at,
+            None => {
+                ctx.shutdown.raised().await;
+                ctx.shutdown.grace_deadline(timeouts.grace)
+            }
+        };
+        sleep_until(at).await;
+    };
+    let handshake = tokio::select! {
+        done = timeout(ctx.handshake_timeout, acceptor.accept(client)) => Some(done),
+        () = grace_over => None,
+    };
+    match handshake {
+        Some(Ok(Ok(mut tls_client))) => {
             telemetry::tls_handshake(true);
             relay.on_tls_established();
             drive(
@@ -244,22 +261,33 @@ async fn continue_in_tls(
             .await;
             let _ = timeout(Duration::from_secs(1), tls_client.shutdown()).await;
         }
-        Ok(Err(e)) => {
+        Some(Ok(Err(e))) => {
             telemetry::tls_handshake(false);
             tracing::info!(client = %ctx.client_addr, error = %e, "TLS handshake failed");
-            tls_failed(relay, link, timeouts).await;
+            close_after_handshake(relay, link, timeouts, Relay::on_tls_failed).await;
         }
-        Err(_) => {
+        Some(Err(_)) => {
             telemetry::tls_handshake(false);
             tracing::info!(client = %ctx.client_addr, "TLS handshake timed out");
-            tls_failed(relay, link, timeouts).await;
+            close_after_handshake(relay, link, timeouts, Relay::on_tls_failed).await;
+        }
+        None => {
+            tracing::info!(client = %ctx.client_addr, "TLS handshake cut off: shutting down");
+            close_after_handshake(relay, link, timeouts, Relay::on_shutdown_in_tls_handshake).await;
         }
     }
 }
 
-async fn tls_failed(relay: &mut Relay, link: &mut Link, timeouts: &Timeouts) {
+/// Ends a session whose handshake did not complete: `end` closes the relay (QUIT to the backend),
+/// and that is written to the backend; the client only sees its connection close.
+async fn close_after_handshake(
+    relay: &mut Relay,
+    link: &mut Link,
+    timeouts: &Timeouts,
+    end: fn(&mut Relay, &mut Output),
+) {
     let mut out = Output::default();
-    relay.on_tls_failed(&mut out);
+    end(relay, &mut out);
     let backend = &mut link.backend;
     let written = async {
         backend.write_all(&out.to_backend).await?;
@@ -378,7 +406,7 @@ async fn drive<C: ClientStream>(
         .await;
         match woken {
             Woken::Cancelled => {
-                let at = Instant::now() + t.grace;
+                let at = shutdown.grace_deadline(t.grace);
                 *grace_deadline = Some(at);
                 grace_timer = Some(Box::pin(sleep_until(at)));
                 relay.on_shutdown(&mut out);

@@ -698,6 +698,12 @@ impl Relay {
         self.close(EndReason::TlsFailed, out);
     }
 
+    /// The grace period after the shutdown signal ended while the client was still in its TLS
+    /// handshake: no reply can reach it (it expects TLS records), so both sides are closed.
+    pub fn on_shutdown_in_tls_handshake(&mut self, out: &mut Output) {
+        self.close(EndReason::Shutdown, out);
+    }
+
     fn shutdown_reply(&self) -> String {
         format!(
             "421 4.3.0 {} Server shutting down\r\n",

@@ -4,14 +4,19 @@
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Raised once the token it follows is cancelled. Cheap to clone (one per session).
 #[derive(Clone, Debug)]
 pub struct StopSignal {
     raised: Arc<AtomicBool>,
+    /// When it was raised: every session's grace period counts from here, however late the
+    /// session looks (one in its TLS handshake looks only when the handshake ends).
+    raised_at: Arc<OnceLock<Instant>>,
     /// Cancelled just after `raised` is set: what waiting sessions are woken by.
     wake: CancellationToken,
 }
@@ -32,18 +37,25 @@ impl StopSignal {
     pub fn manual() -> StopSignal {
         StopSignal {
             raised: Arc::new(AtomicBool::new(false)),
+            raised_at: Arc::new(OnceLock::new()),
             wake: CancellationToken::new(),
         }
     }
 
     /// Raises the signal and wakes every session waiting for it.
     pub fn raise(&self) {
+        self.raised_at.get_or_init(Instant::now);
         self.raised.store(true, Ordering::Release);
         self.wake.cancel();
     }
 
     pub fn is_raised(&self) -> bool {
         self.raised.load(Ordering::Acquire)
+    }
+
+    /// The end of a grace period of `grace` after the signal was raised (after now, if it was not).
+    pub fn grace_deadline(&self, grace: Duration) -> Instant {
+        *self.raised_at.get().unwrap_or(&Instant::now()) + grace
     }
 
     /// Completes once the signal is raised. The waker is handed to the token on the first poll and
@@ -88,6 +100,23 @@ mod tests {
             .expect("the waiting task ends once the parent is cancelled")
             .expect("no panic");
         assert!(signal.is_raised());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_period_counts_from_the_raise_not_from_when_a_session_looks() {
+        let signal = StopSignal::manual();
+        let grace = Duration::from_secs(30);
+        let before = Instant::now();
+        assert_eq!(signal.grace_deadline(grace), before + grace, "not raised");
+        signal.raise();
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(signal.grace_deadline(grace), before + grace);
+        signal.raise();
+        assert_eq!(
+            signal.grace_deadline(grace),
+            before + grace,
+            "a second raise moves nothing"
+        );
     }
 
     #[tokio::test]

@@ -46,8 +46,7 @@ pub fn lists_not_counted(verdict: &Verdict) -> String {
             let why = match &result.outcome {
                 Outcome::Listed(_) | Outcome::NotListed => return None,
                 Outcome::Error(e) => e,
-                Outcome::Late => "late",
-                Outcome::Unusable => "unusable",
+                other => other.as_str(),
             };
             Some(format!("{}:{why}", result.zone))
         })
@@ -188,20 +187,14 @@ pub fn to_json(policy: &Policy, verdict: &Verdict) -> serde_json::Value {
         .dns
         .iter()
         .map(|r| {
-            let (result, codes, error) = match &r.outcome {
-                Outcome::Listed(codes) => (
-                    "listed",
-                    codes.iter().map(|c| c.to_string()).collect(),
-                    None,
-                ),
-                Outcome::NotListed => ("not_listed", Vec::new(), None),
-                Outcome::Error(e) => ("error", Vec::new(), Some(*e)),
-                Outcome::Late => ("late", Vec::new(), None),
-                Outcome::Unusable => ("unusable", Vec::new(), None),
+            let (codes, error): (Vec<String>, _) = match &r.outcome {
+                Outcome::Listed(codes) => (codes.iter().map(|c| c.to_string()).collect(), None),
+                Outcome::Error(e) => (Vec::new(), Some(*e)),
+                _ => (Vec::new(), None),
             };
             json!({
                 "zone": &*r.zone,
-                "result": result,
+                "result": r.outcome.as_str(),
                 "codes": codes,
                 "error": error,
                 "cached": r.cached,
@@ -251,7 +244,7 @@ pub fn to_json(policy: &Policy, verdict: &Verdict) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::{lists_not_counted, log_fields};
+    use super::{lists_not_counted, log_fields, to_json};
     use crate::admission::{decision_for, Verdict};
     use crate::policy::Policy;
     use crate::reputation::dnsbl::lists::{Outcome, Term, ZoneResult};
@@ -339,6 +332,61 @@ mod tests {
         assert_eq!(
             lists_not_counted(&failed),
             "zen.spamhaus.org:late,bl.example:servfail,wl.example:unusable"
+        );
+    }
+
+    #[test]
+    fn the_json_names_each_outcome_with_its_codes_and_error() {
+        let policy = Policy::embedded_default();
+        let all = verdict(
+            &policy,
+            vec![
+                zone(
+                    "a.example",
+                    Outcome::Listed(vec![Ipv4Addr::new(127, 0, 0, 4)]),
+                ),
+                zone("b.example", Outcome::NotListed),
+                zone("c.example", Outcome::Error("servfail")),
+                zone("d.example", Outcome::Late),
+                zone("e.example", Outcome::Unusable),
+            ],
+            Vec::new(),
+        );
+        let json = to_json(&policy, &all);
+        let seen: Vec<(&str, &str, serde_json::Value, serde_json::Value)> = json["dns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["zone"].as_str().unwrap(),
+                    r["result"].as_str().unwrap(),
+                    r["codes"].clone(),
+                    r["error"].clone(),
+                )
+            })
+            .collect();
+        let none = serde_json::Value::Null;
+        let no_codes = serde_json::json!([]);
+        assert_eq!(
+            seen,
+            [
+                (
+                    "a.example",
+                    "listed",
+                    serde_json::json!(["127.0.0.4"]),
+                    none.clone()
+                ),
+                ("b.example", "not_listed", no_codes.clone(), none.clone()),
+                (
+                    "c.example",
+                    "error",
+                    no_codes.clone(),
+                    serde_json::json!("servfail")
+                ),
+                ("d.example", "late", no_codes.clone(), none.clone()),
+                ("e.example", "unusable", no_codes, none),
+            ]
         );
     }
 }

@@ -49,6 +49,19 @@ pub enum Outcome {
     Unusable,
 }
 
+impl Outcome {
+    /// The outcome's name in the decision log line and the admin API's JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Listed(_) => "listed",
+            Outcome::NotListed => "not_listed",
+            Outcome::Error(_) => "error",
+            Outcome::Late => "late",
+            Outcome::Unusable => "unusable",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ZoneResult {
     pub zone: Arc<str>,

@@ -3,7 +3,6 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -13,11 +12,10 @@ use tokio_util::sync::CancellationToken;
 /// Raised once the token it follows is cancelled. Cheap to clone (one per session).
 #[derive(Clone, Debug)]
 pub struct StopSignal {
-    raised: Arc<AtomicBool>,
-    /// When it was raised: every session's grace period counts from here, however late the
-    /// session looks (one in its TLS handshake looks only when the handshake ends).
+    /// When it was raised, once it is. Every session's grace period counts from here, however late
+    /// the session looks (one in its TLS handshake looks only when the handshake ends).
     raised_at: Arc<OnceLock<Instant>>,
-    /// Cancelled just after `raised` is set: what waiting sessions are woken by.
+    /// Cancelled just after `raised_at` is set: what waiting sessions are woken by.
     wake: CancellationToken,
 }
 
@@ -36,7 +34,6 @@ impl StopSignal {
     /// A signal raised by hand (tests, single sessions).
     pub fn manual() -> StopSignal {
         StopSignal {
-            raised: Arc::new(AtomicBool::new(false)),
             raised_at: Arc::new(OnceLock::new()),
             wake: CancellationToken::new(),
         }
@@ -45,12 +42,11 @@ impl StopSignal {
     /// Raises the signal and wakes every session waiting for it.
     pub fn raise(&self) {
         self.raised_at.get_or_init(Instant::now);
-        self.raised.store(true, Ordering::Release);
         self.wake.cancel();
     }
 
     pub fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Acquire)
+        self.raised_at.get().is_some()
     }
 
     /// The end of a grace period of `grace` after the signal was raised (after now, if it was not).

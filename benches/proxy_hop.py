@@ -3,6 +3,7 @@
 and through mxgate (backend proxy none), in one run, alternating A B C A C B.
 
 Usage: python3 benches/proxy_hop.py [--reps 3] [--messages 20000] [--sessions 50] [--threads N] [--split]
+       [--mxgate-scheduling batch|normal] [--haproxy-scheduling normal|batch]
 Needs: postfix (smtp-source, smtp-sink), haproxy, and target/release/mxgate (cargo build --release).
 Everything binds 127.0.0.1, every load is bounded by --messages, and every process started here is
 stopped by PID at the end. Prints Markdown tables for docs/benchmarks.md: medians, the ratio
@@ -124,6 +125,11 @@ def main():
                         help="threads for both proxies (haproxy nbthread, mxgate server.workers); 0: each its default")
     parser.add_argument("--mxgate-workers", type=int, default=0,
                         help="mxgate's server.workers alone (haproxy keeps --threads or its default)")
+    parser.add_argument("--mxgate-scheduling", choices=("batch", "normal"),
+                        help="mxgate's server.scheduling (default: the policy's, batch)")
+    parser.add_argument("--haproxy-scheduling", choices=("normal", "batch"), default="normal",
+                        help="haproxy's threads' policy: normal as Debian starts it, or batch (chrt --batch "
+                             "0), to compare the two proxies under the same policy")
     parser.add_argument("--split", action="store_true",
                         help="the proxy alone on CPU 0, the sender and the sink on CPU 1 (each proxy then "
                              "defaults to one thread)")
@@ -156,7 +162,8 @@ listen smtp
     bind 127.0.0.1:{haproxy_port}
     server sink 127.0.0.1:{sink_port}
 """)
-        haproxy = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", cfg], preexec_fn=on_cpu(proxy_cpu))
+        chrt = ["chrt", "--batch", "0"] if opts.haproxy_scheduling == "batch" else []
+        haproxy = subprocess.Popen([*chrt, "/usr/sbin/haproxy", "-db", "-f", cfg], preexec_fn=on_cpu(proxy_cpu))
         procs.append(haproxy)
         policy = os.path.join(tmp, "bench-policy.toml")
         with open(os.path.join(ROOT, "benches", "bench-policy.toml")) as src, open(policy, "w") as dst:
@@ -164,6 +171,8 @@ listen smtp
             workers = opts.mxgate_workers or opts.threads
             if workers:
                 text = text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
+            if opts.mxgate_scheduling:
+                text = text.replace("[server]\n", f"[server]\nscheduling = \"{opts.mxgate_scheduling}\"\n", 1)
             dst.write(text)
         gate = subprocess.Popen([mxgate_bin, "run", "--policy", policy,
                                  "--listen", f"127.0.0.1:{gate_port}", "--backend", f"127.0.0.1:{sink_port}",
@@ -215,6 +224,10 @@ listen smtp
             threads = f"{threads}; mxgate workers: {opts.mxgate_workers}"
         if opts.split:
             threads = f"{threads}; proxy on CPU 0, sender and sink on CPU 1"
+        if opts.mxgate_scheduling:
+            threads = f"{threads}; mxgate scheduling: {opts.mxgate_scheduling}"
+        if opts.haproxy_scheduling != "normal":
+            threads = f"{threads}; haproxy scheduling: {opts.haproxy_scheduling}"
         print(f"\n{opts.sessions} sessions, 1 KiB messages, {opts.messages} messages per run, median of {opts.reps}, threads: {threads}\n")
         print("| load | path | msg/s (median) | proxy CPU s per 1,000 msg | runs (msg/s) |")
         print("| --- | --- | ---: | ---: | --- |")

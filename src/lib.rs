@@ -13,6 +13,7 @@
 //!   sockets, with STARTTLS terminated by rustls.
 //! - [`net`] connects the backend and announces the client (PROXY v1/v2, XCLIENT).
 //! - [`telemetry`] names the metrics and serves them on the admin address.
+//! - [`scheduling`] puts the worker threads in the scheduling policy the policy names.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod live;
 pub mod net;
 pub mod policy;
 pub mod reputation;
+pub mod scheduling;
 pub mod server;
 pub mod session;
 pub mod telemetry;

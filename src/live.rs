@@ -126,8 +126,8 @@ impl Live {
             warnings: policy.warnings.iter().map(|w| w.to_string()).collect(),
             ..ReloadReport::default()
         };
-        // Listening sockets, the admin listener and the worker threads (with their spin) exist once
-        // per process.
+        // Listening sockets, the admin listener and the worker threads (with their spin and their
+        // scheduling policy) exist once per process.
         let (was, new) = (&old.policy.server, &mut policy.server);
         let restart = &mut report.restart_needed;
         keep_running("server.listen", &was.listen, &mut new.listen, restart);
@@ -137,6 +137,12 @@ impl Live {
             "server.spin_before_sleep",
             &was.spin_before_sleep,
             &mut new.spin_before_sleep,
+            restart,
+        );
+        keep_running(
+            "server.scheduling",
+            &was.scheduling,
+            &mut new.scheduling,
             restart,
         );
         let same_lists = old.policy.dns.lists == policy.dns.lists

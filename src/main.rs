@@ -245,6 +245,7 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
     };
     let workers = policy.server.workers;
     let spin = policy.server.spin_before_sleep;
+    let scheduling = policy.server.scheduling;
     let sets = server::bind_per_worker(&policy.server.listen, workers)?;
     let live = main_runtime.block_on(Live::start(policy, source))?;
     let shutdown = CancellationToken::new();
@@ -256,6 +257,10 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
             .name(format!("mxgate-worker-{i}"))
             .spawn(move || -> std::io::Result<()> {
                 let _stop_all_on_exit = shutdown.clone().drop_guard();
+                // A worker that keeps the kernel's default policy still relays: only slower.
+                if let Err(e) = mxgate::scheduling::apply(scheduling) {
+                    tracing::warn!(error = %e, "the worker keeps its scheduling policy");
+                }
                 // Sockets and timers only: signals and child processes are the main thread's.
                 // Before it sleeps, a worker yields after a busy turn and spins after a light one
                 // (session/park.rs, session/spin.rs).
@@ -280,6 +285,11 @@ fn run(source: PolicySource) -> anyhow::Result<()> {
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
+    tracing::info!(
+        workers,
+        scheduling = scheduling.as_str(),
+        "worker threads started"
+    );
     listening.store(true, Ordering::Relaxed);
     main_runtime.block_on(async {
         tokio::spawn(server::housekeeping(live.clone(), shutdown.clone()));

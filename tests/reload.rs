@@ -158,7 +158,7 @@ async fn settings_fixed_at_start_are_reported_and_kept() {
     let changed = base
         .replace(
             "[server]\n",
-            "[server]\nworkers = 7\nspin_before_sleep = \"40us\"\nadmin = \"127.0.0.1:0\"\n",
+            "[server]\nworkers = 7\nspin_before_sleep = \"40us\"\nscheduling = \"normal\"\nadmin = \"127.0.0.1:0\"\n",
         )
         .replace("127.0.0.1:0\"]", "127.0.0.2:0\"]")
         .replace("slots = 50", "slots = 51");
@@ -170,7 +170,8 @@ async fn settings_fixed_at_start_are_reported_and_kept() {
             "server.listen",
             "server.admin",
             "server.workers",
-            "server.spin_before_sleep"
+            "server.spin_before_sleep",
+            "server.scheduling"
         ],
         "{report:?}"
     );
@@ -179,5 +180,6 @@ async fn settings_fixed_at_start_are_reported_and_kept() {
     assert_eq!(now.server.admin, running.admin);
     assert_eq!(now.server.workers, running.workers);
     assert_eq!(now.server.spin_before_sleep, running.spin_before_sleep);
+    assert_eq!(now.server.scheduling, running.scheduling);
     assert_eq!(now.admission.slots, 51, "the rest took effect");
 }

@@ -12,7 +12,7 @@ mod source;
 mod validate;
 
 pub use error::{line_col, PolicyError, PolicyIssue, Severity};
-pub use schema::{Action, BackendTlsMode, ClientAddressMode, RuleAction};
+pub use schema::{Action, BackendTlsMode, ClientAddressMode, RuleAction, Scheduling};
 pub use source::{Overrides, PolicySource};
 pub use validate::{
     AdmissionPolicy, BackendPolicy, ClassPolicy, DnsPolicy, Policy, PregreetPolicy, ServerPolicy,

@@ -236,6 +236,9 @@ pub struct ServerSection {
     /// catches events often enough (src/session/spin.rs); "0s" turns it off.
     #[serde(default = "micros::<20>", with = "humantime_serde")]
     pub spin_before_sleep: Duration,
+    /// The Linux scheduling policy of the worker threads (src/scheduling.rs).
+    #[serde(default)]
+    pub scheduling: Scheduling,
 }
 
 impl Default for ServerSection {
@@ -248,6 +251,7 @@ impl Default for ServerSection {
             admin_token_file: None,
             workers: None,
             spin_before_sleep: micros::<20>(),
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -257,6 +261,26 @@ fn default_hostname() -> String {
 }
 fn default_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+}
+
+/// The Linux scheduling policy of the worker threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// `SCHED_BATCH`: a woken worker does not preempt the task running on its core.
+    #[default]
+    Batch,
+    /// `SCHED_OTHER`, the kernel's default: a woken worker may preempt it.
+    Normal,
+}
+
+impl Scheduling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduling::Batch => "batch",
+            Scheduling::Normal => "normal",
+        }
+    }
 }
 
 /// How the backend learns the real client address.

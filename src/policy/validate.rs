@@ -80,6 +80,7 @@ pub struct ServerPolicy {
     pub admin_token: Option<Arc<str>>,
     pub workers: usize,
     pub spin_before_sleep: Duration,
+    pub scheduling: super::Scheduling,
 }
 
 #[derive(Debug, Clone)]
@@ -577,6 +578,7 @@ pub(super) fn validate(
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             spin_before_sleep: file.server.spin_before_sleep,
+            scheduling: file.server.scheduling,
         },
         backend: BackendPolicy {
             address: file.backend.address,

@@ -24,6 +24,9 @@ pub enum SchedulingError {
     Nice(String),
     #[error("cannot set the {0} scheduling policy: {1}")]
     Set(&'static str, thread_priority::Error),
+    /// Started under a policy of its own (real-time, idle): the operator's choice is kept.
+    #[error("started under {0:?}, which is kept: server.scheduling chooses only between batch and normal")]
+    Kept(ThreadSchedulePolicy),
 }
 
 fn policy_of(scheduling: Scheduling) -> ThreadSchedulePolicy {
@@ -33,8 +36,14 @@ fn policy_of(scheduling: Scheduling) -> ThreadSchedulePolicy {
     })
 }
 
-/// Puts the calling thread in `scheduling`'s policy, keeping its nice value.
+/// Puts the calling thread in `scheduling`'s policy, keeping its nice value. A thread started
+/// under another policy than these two (`chrt --fifo`, `--idle`...) keeps it.
 pub fn apply(scheduling: Scheduling) -> Result<(), SchedulingError> {
+    if current().is_none() {
+        if let Ok(other) = thread_schedule_policy() {
+            return Err(SchedulingError::Kept(other));
+        }
+    }
     let policy = policy_of(scheduling);
     // thread-priority sets a nice value with a normal policy, from a 0-99 scale: pick the value
     // that maps to the thread's own, so that a `nice`d mxgate stays as nice as it was started.
@@ -105,6 +114,23 @@ mod tests {
                 assert_eq!(current(), Some(scheduling));
                 assert_eq!(current_nice().unwrap(), nice, "{scheduling:?}");
             }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A thread the operator put under SCHED_IDLE stays there (leaving it needs privileges anyway).
+    #[test]
+    fn a_thread_under_another_policy_keeps_it() {
+        std::thread::spawn(|| {
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle).unwrap();
+            let kept = apply(Scheduling::Batch).unwrap_err();
+            assert!(
+                matches!(kept, SchedulingError::Kept(p) if p == idle),
+                "{kept}"
+            );
+            assert_eq!(thread_schedule_policy().unwrap(), idle);
         })
         .join()
         .unwrap();

@@ -42,37 +42,30 @@ async fn start_gate(server_extra: &str) -> (MxgateProcess, tempfile::TempDir) {
     (gate, dir)
 }
 
-fn policies_of(threads: &BTreeMap<String, u32>, worker: bool) -> Vec<u32> {
-    threads
-        .iter()
-        .filter(|(name, _)| name.starts_with("mxgate-worker-") == worker)
-        .map(|(_, &policy)| policy)
-        .collect()
+/// Starts mxgate with `server_extra`, asserts its worker's policy and that every other thread has
+/// `others` (the policy it was started with), and stops it.
+async fn assert_policies(server_extra: &str, worker: u32, others: u32) {
+    let (gate, _dir) = start_gate(server_extra).await;
+    let threads = thread_policies(gate.pid());
+    let of = |is_worker: bool| -> Vec<u32> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("mxgate-worker-") == is_worker)
+            .map(|(_, &policy)| policy)
+            .collect()
+    };
+    assert_eq!(of(true), [worker], "{server_extra:?}: {threads:?}");
+    assert!(
+        of(false).iter().all(|&p| p == others),
+        "{server_extra:?}: only the worker changes: {threads:?}"
+    );
+    gate.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn workers_run_under_sched_batch_by_default_and_under_sched_other_when_told() {
-    let (gate, _dir) = start_gate("").await;
-    let threads = thread_policies(gate.pid());
-    assert_eq!(policies_of(&threads, true), [SCHED_BATCH], "{threads:?}");
-    assert!(
-        policies_of(&threads, false)
-            .iter()
-            .all(|&p| p == SCHED_OTHER),
-        "only the workers: {threads:?}"
-    );
-    gate.stop().await.unwrap();
-
+    assert_policies("", SCHED_BATCH, SCHED_OTHER).await;
     // Started under SCHED_BATCH (inherited from this thread), told `normal`: the worker leaves it.
     mxgate::scheduling::apply(Scheduling::Batch).unwrap();
-    let (gate, _dir) = start_gate("scheduling = \"normal\"").await;
-    let threads = thread_policies(gate.pid());
-    assert_eq!(policies_of(&threads, true), [SCHED_OTHER], "{threads:?}");
-    assert!(
-        policies_of(&threads, false)
-            .iter()
-            .all(|&p| p == SCHED_BATCH),
-        "the main thread keeps what it was started with: {threads:?}"
-    );
-    gate.stop().await.unwrap();
+    assert_policies("scheduling = \"normal\"", SCHED_OTHER, SCHED_BATCH).await;
 }

@@ -6,10 +6,10 @@
 //! and then finds a batch of events where it would have handled one, while the task it left alone
 //! batches its own work too. On two cores shared with the sender and the sink this moved 12-20%
 //! more messages at 8-21% less CPU per message, and haproxy gains as much under it
-//! (docs/benchmarks.md). The cost is latency while
-//! every core is busy, up to one scheduler slice (milliseconds) per wake-up, which SMTP never
-//! notices; on an idle core a woken worker runs at once either way. Weight and nice value are
-//! unchanged, so the worker's share of a busy machine is the same.
+//! (docs/benchmarks.md). The cost is latency while every core is busy, up to one scheduler slice
+//! (milliseconds) per wake-up, which SMTP never notices; on an idle core a woken worker runs at
+//! once either way. Weight and nice value are unchanged, so the worker's share of a busy machine
+//! is the same.
 
 use crate::policy::Scheduling;
 use thread_priority::unix::{

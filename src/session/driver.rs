@@ -231,16 +231,10 @@ async fn continue_in_tls(
     grace_deadline: &mut Option<Instant>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.config);
-    let known_deadline = *grace_deadline;
+    // The deadline is the signal's: the same whether the session saw it before the handshake.
     let grace_over = async {
-        let at = match known_deadline {
-            Some(at) => at,
-            None => {
-                ctx.shutdown.raised().await;
-                ctx.shutdown.grace_deadline(timeouts.grace)
-            }
-        };
-        sleep_until(at).await;
+        ctx.shutdown.raised().await;
+        sleep_until(ctx.shutdown.grace_deadline(timeouts.grace)).await;
     };
     let handshake = tokio::select! {
         done = timeout(ctx.handshake_timeout, acceptor.accept(client)) => Some(done),

@@ -39,9 +39,9 @@ fn policy_of(scheduling: Scheduling) -> ThreadSchedulePolicy {
 /// Puts the calling thread in `scheduling`'s policy, keeping its nice value. A thread started
 /// under another policy than these two (`chrt --fifo`, `--idle`...) keeps it.
 pub fn apply(scheduling: Scheduling) -> Result<(), SchedulingError> {
-    if current().is_none() {
-        if let Ok(other) = thread_schedule_policy() {
-            return Err(SchedulingError::Kept(other));
+    if let Ok(running) = thread_schedule_policy() {
+        if scheduling_of(running).is_none() {
+            return Err(SchedulingError::Kept(running));
         }
     }
     let policy = policy_of(scheduling);
@@ -64,11 +64,14 @@ fn priority_for_nice(nice: i32, policy: ThreadSchedulePolicy) -> Option<ThreadPr
 
 /// The calling thread's policy as the kernel has it: `Some` for the two a worker can be in.
 pub fn current() -> Option<Scheduling> {
-    match thread_schedule_policy().ok()? {
-        p if p == policy_of(Scheduling::Batch) => Some(Scheduling::Batch),
-        p if p == policy_of(Scheduling::Normal) => Some(Scheduling::Normal),
-        _ => None,
-    }
+    scheduling_of(thread_schedule_policy().ok()?)
+}
+
+/// Which of the two a kernel policy is, if either.
+fn scheduling_of(policy: ThreadSchedulePolicy) -> Option<Scheduling> {
+    [Scheduling::Batch, Scheduling::Normal]
+        .into_iter()
+        .find(|&s| policy_of(s) == policy)
 }
 
 /// The calling thread's nice value: field 19 of `/proc/thread-self/stat`, counted after the
